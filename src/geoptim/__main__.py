@@ -1,0 +1,5 @@
+import sys
+
+from geoptim.cli import main
+
+sys.exit(main())

@@ -1,0 +1,152 @@
+"""What every geoptim optimizer shares: argument checks, the step skeleton, precision handling.
+
+A concrete optimizer subclasses :class:`GeoOptimizer` and implements two methods:
+
+* ``_init_state(param, state, group)`` — called once per parameter, under ``if not state:``;
+* ``_update(group, params, grads, states)`` — one param group's update, given the parameters that
+  have a gradient, their gradients (already negated when ``maximize``) and their state dicts.
+
+``_update`` dispatches to a pure functional kernel: a single-tensor reference or a multi-tensor
+(``torch._foreach_*``) fast path, chosen by the group's ``foreach`` flag (``None``: fast path).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+# ---------------------------------------------------------------- argument checks (constructor)
+
+
+def check_nonnegative(name: str, value: float) -> float:
+    """``value`` must be a finite number >= 0."""
+    if isinstance(value, Tensor):
+        value = value.item()
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_unit_interval(name: str, value: float) -> float:
+    """``value`` must lie in [0, 1) (momentum coefficients, betas)."""
+    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_betas(betas: Sequence[float], count: int) -> tuple[float, ...]:
+    """A tuple of ``count`` coefficients, each in [0, 1)."""
+    if not isinstance(betas, (tuple, list)) or len(betas) != count:
+        raise ValueError(f"betas must be a tuple of {count} numbers in [0, 1), got {betas!r}")
+    return tuple(check_unit_interval(f"betas[{i}]", b) for i, b in enumerate(betas))
+
+
+def check_choice(name: str, value: str, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------- precision
+
+
+def working_copies(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """float32 copies of 16-bit tensors; float32/float64 tensors themselves (no copy).
+
+    Kernels do their arithmetic on these, so the l_p map, norms and sums of bf16 parameters are
+    computed in float32; :func:`write_back` stores the results into the original tensors.
+    """
+    return [t.float() if t.dtype in LOW_PRECISION else t for t in tensors]
+
+
+def write_back(targets: Sequence[Tensor], working: Sequence[Tensor]) -> None:
+    """Copy each working tensor into its target where :func:`working_copies` made a copy."""
+    for target, work in zip(targets, working):
+        if work is not target:
+            target.copy_(work)
+
+
+# ---------------------------------------------------------------- the optimizer skeleton
+
+
+class GeoOptimizer(Optimizer):
+    """Base class: closure handling, gradient collection, lazy state, the step counter.
+
+    Every parameter's state holds ``step`` (a float32 scalar tensor, as in ``torch.optim``),
+    incremented each time the parameter is updated. Parameters whose ``grad`` is ``None`` are
+    skipped; sparse gradients raise. ``p.grad`` is never modified.
+    """
+
+    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
+        defaults = {"maximize": False, "foreach": None, **defaults}
+        if defaults["foreach"] not in (None, True, False):
+            raise ValueError(f"foreach must be None, True or False, got {defaults['foreach']!r}")
+        super().__init__(params, defaults)
+
+    # -- to implement
+    def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _update(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+    ) -> None:
+        raise NotImplementedError
+
+    # -- shared
+    def _collect(
+        self, group: dict[str, Any]
+    ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
+        """The group's parameters that have a gradient, their gradients and their states."""
+        params, grads, states = [], [], []
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            if param.grad.is_sparse:
+                raise RuntimeError(
+                    f"{type(self).__name__} does not support sparse gradients; "
+                    "use torch.optim.SparseAdam or dense gradients"
+                )
+            state = self.state[param]
+            if not state:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                self._init_state(param, state, group)
+            state["step"] += 1
+            params.append(param)
+            grads.append(-param.grad if group["maximize"] else param.grad)
+            states.append(state)
+        return params, grads, states
+
+    def _step_groups(self) -> None:
+        for group in self.param_groups:
+            params, grads, states = self._collect(group)
+            if params:
+                self._update(group, params, grads, states)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One optimisation step; returns the closure's loss (``None`` without a closure)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._step_groups()
+        return loss
+
+
+def use_foreach(group: dict[str, Any]) -> bool:
+    """The group's ``foreach`` flag, ``None`` meaning the multi-tensor fast path."""
+    return group["foreach"] is not False

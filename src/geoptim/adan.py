@@ -1,0 +1,226 @@
+r"""Adan: adaptive Nesterov momentum (Xie et al.), as in the authors' reference code.
+
+With :math:`\Delta g_t = g_t - g_{t-1}` (0 at the first step) and betas in the code's
+convention (the paper's :math:`1-\beta`):
+
+.. math::
+
+    m &\leftarrow \beta_1 m + (1-\beta_1) g \\
+    d &\leftarrow \beta_2 d + (1-\beta_2) \Delta g \\
+    n &\leftarrow \beta_3 n + (1-\beta_3) (g + \beta_2 \Delta g)^2 \\
+    \text{denom} &= \sqrt{n} / \sqrt{1-\beta_3^t} + \epsilon \\
+    w &\leftarrow w - \frac{\eta}{1-\beta_1^t}\frac{m}{\text{denom}}
+                    - \frac{\eta \beta_2}{1-\beta_2^t}\frac{d}{\text{denom}}
+
+then the proximal weight decay :math:`w \leftarrow w / (1 + \eta\lambda)`; with ``no_prox=True``
+the decay is :math:`w \leftarrow w(1-\eta\lambda)` before the step. ``max_grad_norm > 0`` first
+scales every gradient by :math:`\min(1, c / (\|g\|_{global} + \epsilon))`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from geoptim._base import (
+    GeoOptimizer,
+    ParamsT,
+    check_betas,
+    check_nonnegative,
+    use_foreach,
+    working_copies,
+    write_back,
+)
+from geoptim._stats import per_tensor_sums
+
+__all__ = ["Adan", "adan_multi", "adan_single"]
+
+
+def adan_single(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_diffs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    prev_grads: list[Tensor],
+    steps: list[float],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    eps: float,
+    weight_decay: float,
+    no_prox: bool,
+    clip: Tensor | float,
+) -> None:
+    """Reference kernel, one tensor at a time. ``prev_grads`` hold the previous (clipped)
+    gradient and are overwritten with the current one."""
+    for i, param in enumerate(params):
+        w, g, m, d, n, g_prev = working_copies(
+            [param, grads[i], exp_avgs[i], exp_avg_diffs[i], exp_avg_sqs[i], prev_grads[i]]
+        )
+        step = steps[i]
+        g = g * clip
+        diff = g - g_prev
+        m.lerp_(g, 1.0 - beta1)
+        d.lerp_(diff, 1.0 - beta2)
+        mixed = diff.mul_(beta2).add_(g)
+        n.mul_(beta3).addcmul_(mixed, mixed, value=1.0 - beta3)
+        denom = n.sqrt().div_((1.0 - beta3**step) ** 0.5).add_(eps)
+        if no_prox and weight_decay != 0:
+            w.mul_(1.0 - lr * weight_decay)
+        w.addcdiv_(m, denom, value=-lr / (1.0 - beta1**step))
+        w.addcdiv_(d, denom, value=-lr * beta2 / (1.0 - beta2**step))
+        if not no_prox and weight_decay != 0:
+            w.div_(1.0 + lr * weight_decay)
+        g_prev.copy_(g)
+        write_back(
+            [param, exp_avgs[i], exp_avg_diffs[i], exp_avg_sqs[i], prev_grads[i]],
+            [w, m, d, n, g_prev],
+        )
+
+
+def adan_multi(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_diffs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    prev_grads: list[Tensor],
+    steps: list[float],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    eps: float,
+    weight_decay: float,
+    no_prox: bool,
+    clip: Tensor | float,
+) -> None:
+    """Multi-tensor kernel: the arithmetic of :func:`adan_single` with foreach ops."""
+    w, m, d, n, g_prev = (
+        working_copies(ts) for ts in (params, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads)
+    )
+    g = torch._foreach_mul(working_copies(grads), clip)
+    diff = torch._foreach_sub(g, g_prev)
+    torch._foreach_lerp_(m, g, 1.0 - beta1)
+    torch._foreach_lerp_(d, diff, 1.0 - beta2)
+    torch._foreach_mul_(diff, beta2)
+    torch._foreach_add_(diff, g)
+    torch._foreach_mul_(n, beta3)
+    torch._foreach_addcmul_(n, diff, diff, value=1.0 - beta3)
+    denom = torch._foreach_sqrt(n)
+    torch._foreach_div_(denom, [(1.0 - beta3**s) ** 0.5 for s in steps])
+    torch._foreach_add_(denom, eps)
+    if no_prox and weight_decay != 0:
+        torch._foreach_mul_(w, 1.0 - lr * weight_decay)
+    torch._foreach_addcdiv_(w, m, denom, [-lr / (1.0 - beta1**s) for s in steps])
+    torch._foreach_addcdiv_(w, d, denom, [-lr * beta2 / (1.0 - beta2**s) for s in steps])
+    if not no_prox and weight_decay != 0:
+        torch._foreach_div_(w, 1.0 + lr * weight_decay)
+    torch._foreach_copy_(g_prev, g)
+    for targets, work in zip((params, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads),
+                             (w, m, d, n, g_prev)):
+        write_back(targets, work)
+
+
+class Adan(GeoOptimizer):
+    r"""Adan (adaptive Nesterov momentum).
+
+    Args:
+        params: parameters or param groups.
+        lr: learning rate.
+        betas: ``(beta1, beta2, beta3)``, default ``(0.98, 0.92, 0.99)`` (code convention).
+        eps: added to the denominator.
+        weight_decay: proximal (``w /= 1 + lr*wd`` after the step) unless ``no_prox``
+            (``w *= 1 - lr*wd`` before it). 0.02 is the authors' recommendation.
+        no_prox: see ``weight_decay``.
+        max_grad_norm: if > 0, every gradient is scaled by
+            ``min(1, max_grad_norm / (global_norm + eps))``, the global norm over all groups.
+
+    State per parameter: ``step``, ``exp_avg``, ``exp_avg_diff``, ``exp_avg_sq``,
+    ``prev_grad`` (the previous clipped gradient; set to the first gradient at the first step).
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float, float] = (0.98, 0.92, 0.99),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        no_prox: bool = False,
+        max_grad_norm: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = {
+            "lr": check_nonnegative("lr", lr),
+            "betas": check_betas(betas, 3),
+            "eps": check_nonnegative("eps", eps),
+            "weight_decay": check_nonnegative("weight_decay", weight_decay),
+            "no_prox": bool(no_prox),
+            "max_grad_norm": check_nonnegative("max_grad_norm", max_grad_norm),
+            "maximize": maximize,
+            "foreach": foreach,
+        }
+        super().__init__(params, defaults)
+
+    def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        for key in ("exp_avg", "exp_avg_diff", "exp_avg_sq", "prev_grad"):
+            state[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    def clip_coefficient(self) -> Tensor | float:
+        """``min(1, max_grad_norm / (||g|| + eps))`` over every gradient of every group (from
+        the first group's ``max_grad_norm`` and ``eps``); 1.0 when clipping is off."""
+        max_norm, eps = self.defaults["max_grad_norm"], self.defaults["eps"]
+        if self.param_groups:
+            max_norm, eps = self.param_groups[0]["max_grad_norm"], self.param_groups[0]["eps"]
+        if max_norm == 0:
+            return 1.0
+        grads = [p.grad for group in self.param_groups for p in group["params"]
+                 if p.grad is not None]
+        if not grads:
+            return 1.0
+        total = per_tensor_sums("sumsq", grads).sum().sqrt()
+        return torch.clamp(max_norm / (total + eps), max=1.0)
+
+    def _step_groups(self, clip: Tensor | float | None = None) -> None:
+        self._clip = self.clip_coefficient() if clip is None else clip
+        super()._step_groups()
+
+    def _update(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+    ) -> None:
+        clip = self._clip
+        for grad, state in zip(grads, states):
+            if state["step"] == 1:  # g_prev starts as g, so the first difference is 0
+                state["prev_grad"].copy_(grad * clip)
+        beta1, beta2, beta3 = group["betas"]
+        kernel = adan_multi if use_foreach(group) else adan_single
+        kernel(
+            params,
+            grads,
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_diff"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            [s["prev_grad"] for s in states],
+            [float(s["step"]) for s in states],
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            beta3=beta3,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            no_prox=group["no_prox"],
+            clip=clip,
+        )

@@ -1,0 +1,144 @@
+r"""AGR — adaptive gradient regularisation (Jiang et al.), a gradient transform in front of any
+optimizer.
+
+Per parameter tensor, with the sum over the whole tensor,
+
+.. math::
+
+    \alpha = \frac{|g|}{\max(\sum |g|, \text{tiny})}, \qquad \Psi(g) = g - \alpha \odot g,
+
+as the official code does it: ``p.grad`` is replaced by :math:`\Psi(g)` before the base
+optimizer's step, so every moment of AdamW or Adan sees :math:`\Psi(g)`. Weight decay stays
+decoupled. A one-element tensor gets :math:`\Psi(g) = 0` (it stops moving) — e.g. a scalar gain
+or temperature; leave such parameters out of an AGR optimizer if they must train. The user's
+``p.grad`` is restored after the step.
+
+``agr_until=N`` applies AGR for the first ``N`` steps only (the paper's ablation finds that
+switching it off late in training helps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from geoptim._base import working_copies
+from geoptim._stats import per_tensor_sums
+from geoptim.adan import Adan
+
+__all__ = ["AdamWAGR", "AdanAGR", "agr", "agr_multi", "with_agr"]
+
+
+def agr(grad: Tensor) -> Tensor:
+    r"""Single-tensor reference: :math:`\Psi(g) = g - |g| g / \max(\sum|g|, \text{tiny})`,
+    computed in float32 at least and returned in ``grad``'s dtype."""
+    (g,) = working_copies([grad])
+    total = per_tensor_sums("abs", [g])[0]
+    total = total.clamp_min(torch.finfo(total.dtype).tiny)
+    return g.abs().mul_(g).div_(-total).add_(g).to(grad.dtype)
+
+
+def agr_multi(grads: list[Tensor]) -> list[Tensor]:
+    """Multi-tensor :func:`agr` with foreach ops; new tensors, ``grads`` untouched."""
+    g = working_copies(grads)
+    totals = per_tensor_sums("abs", g)
+    totals = totals.clamp_min(torch.finfo(totals.dtype).tiny).neg_()
+    psi = torch._foreach_abs(g)
+    torch._foreach_mul_(psi, g)
+    torch._foreach_div_(psi, list(totals.unbind()))
+    torch._foreach_add_(psi, g)
+    return [p.to(orig.dtype) for p, orig in zip(psi, grads)]
+
+
+@cache
+def with_agr(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
+    """A subclass of ``optimizer_cls`` that applies AGR to the gradients before each step.
+
+    The subclass takes the base class's arguments plus ``agr_until`` (``None``: always; ``N``:
+    the first ``N`` steps). Each param group holds ``agr_until`` and ``agr_step`` (steps taken),
+    so both survive ``state_dict()``. The transform uses the multi-tensor path unless the
+    group's ``foreach`` is ``False``.
+    """
+
+    class AGROptimizer(optimizer_cls):  # type: ignore[valid-type, misc]
+        def __init__(self, params: Any, *args: Any, agr_until: int | None = None, **kwargs: Any):
+            if agr_until is not None and (not isinstance(agr_until, int) or agr_until < 0):
+                raise ValueError(f"agr_until must be None or an integer >= 0, got {agr_until!r}")
+            super().__init__(params, *args, **kwargs)
+            self.defaults.update(agr_until=agr_until, agr_step=0)
+            for group in self.param_groups:
+                group.setdefault("agr_until", agr_until)
+                group.setdefault("agr_step", 0)
+
+        @contextmanager
+        def _agr_gradients(self) -> Iterator[None]:
+            """Swap every ``p.grad`` for ``Psi(p.grad)`` (in groups where AGR is on) and
+            restore the user's gradients afterwards."""
+            originals: list[tuple[Tensor, Tensor]] = []
+            for group in self.param_groups:
+                group["agr_step"] += 1
+                until = group["agr_until"]
+                if until is not None and group["agr_step"] > until:
+                    continue
+                params = [p for p in group["params"] if p.grad is not None]
+                grads = [p.grad for p in params]
+                if group.get("foreach") is False:
+                    transformed = [agr(g) for g in grads]
+                else:
+                    transformed = agr_multi(grads)
+                for param, grad, psi in zip(params, grads, transformed):
+                    originals.append((param, grad))
+                    param.grad = psi
+            try:
+                yield
+            finally:
+                for param, grad in originals:
+                    param.grad = grad
+
+        def _inner_step(self, raw: Any) -> None:
+            """The base optimizer's step on the transformed gradients (``raw`` is what
+            :meth:`_before_agr` measured on the raw ones)."""
+            base_step = optimizer_cls.step
+            if getattr(base_step, "hooked", False):  # torch's profiling/hook wrapper: skip it,
+                base_step = base_step.__wrapped__  # our own step already ran the hooks
+            base_step(self)
+
+        def _before_agr(self) -> Any:
+            return None
+
+        def step(self, closure: Any = None) -> Any:
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            raw = self._before_agr()
+            with torch.no_grad(), self._agr_gradients():
+                self._inner_step(raw)
+            return loss
+
+    AGROptimizer.__name__ = AGROptimizer.__qualname__ = f"{optimizer_cls.__name__}AGR"
+    AGROptimizer.__doc__ = f"AGR in front of :class:`{optimizer_cls.__name__}`.\n\n" + (
+        with_agr.__doc__ or ""
+    )
+    return AGROptimizer
+
+
+AdamWAGR = with_agr(torch.optim.AdamW)
+AdamWAGR.__module__ = __name__
+
+
+class AdanAGR(with_agr(Adan)):  # type: ignore[misc]
+    """Adan with AGR in front; the gradient-norm clip factor (``max_grad_norm``) is computed
+    from the raw gradients and applied to ``Psi(g)``, as in the AGR paper's code."""
+
+    def _before_agr(self) -> Any:
+        return self.clip_coefficient()
+
+    def _inner_step(self, raw: Any) -> None:
+        self._step_groups(clip=raw)

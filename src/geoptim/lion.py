@@ -1,0 +1,362 @@
+r"""Lion and its generalisations: SepNorm, OrtSepNorm, Normalized GD (NormSGD), Signum.
+
+All share Lion's interpolated momentum (SepNorm paper; Lion: Chen et al. 2023):
+
+.. math::
+
+    u = \beta_1 m + (1-\beta_1) g, \quad
+    w \leftarrow w(1 - \eta\lambda) - \eta\, D(u), \quad
+    m \leftarrow \beta_2 m + (1-\beta_2) g,
+
+and differ in the direction :math:`D(u)`:
+
+========== ==================================================================================
+Lion       :math:`\mathrm{sign}(u)`
+SepNorm    :math:`N_l(u) = u_l \sqrt{|l|} / (\|u_l\|_2 + \epsilon)` per normalisation group
+           :math:`l` — a tensor (default), an element (Lion up to eps), or the whole param
+           group (``grouping="global"``: put tensors in one param group to normalise them
+           together, e.g. a layer's weight and bias)
+OrtSepNorm :math:`N_l` of :math:`u_l - (\langle w_l, u_l\rangle / \|w_l\|^2)\, w_l`, the part of
+           :math:`u` orthogonal to the weight (no projection where :math:`w_l = 0`)
+NormSGD    :math:`u / (\|u\|_2 + \epsilon)`, the norm over the whole param group
+Signum     :math:`\mathrm{sign}(m)` with :math:`\beta_1 = \beta_2 = \beta`
+           (``momentum=0``: signSGD)
+========== ==================================================================================
+
+For OrtSepNorm every group's norm converges to
+:math:`\eta\sqrt{|l|}/\sqrt{2\eta\lambda - (\eta\lambda)^2}` whatever the loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from geoptim._base import (
+    GeoOptimizer,
+    ParamsT,
+    check_betas,
+    check_choice,
+    check_nonnegative,
+    check_unit_interval,
+    use_foreach,
+    working_copies,
+    write_back,
+)
+from geoptim._stats import per_tensor_sums
+
+__all__ = [
+    "GROUPINGS",
+    "Lion",
+    "NormSGD",
+    "OrtSepNorm",
+    "SepNorm",
+    "Signum",
+    "sepnorm_multi",
+    "sepnorm_single",
+]
+
+GROUPINGS = ("tensor", "element", "global")
+Direction = Literal["sign", "element", "tensor", "global", "global_norm"]
+
+
+def _projection_coefficients(
+    params: Sequence[Tensor], updates: Sequence[Tensor], direction: Direction
+) -> Tensor:
+    """``<w_l, u_l> / ||w_l||^2`` per tensor (one shared value for the global groupings);
+    0 where ``||w_l|| = 0``."""
+    dots = per_tensor_sums("dot", params, updates)
+    sq = per_tensor_sums("sumsq", params)
+    if direction.startswith("global"):
+        dots, sq = dots.sum().expand_as(dots), sq.sum().expand_as(sq)
+    return torch.where(sq > 0, dots / sq.clamp_min(torch.finfo(sq.dtype).tiny), 0.0)
+
+
+def _normalisation_scales(updates: Sequence[Tensor], direction: Direction, eps: float) -> Tensor:
+    """The factor each update tensor is multiplied by: ``sqrt(n_l) / (||u_l|| + eps)``,
+    with ``n_l`` and ``||u_l||`` over the whole group for ``"global"``, and the plain
+    ``1 / (||u|| + eps)`` for ``"global_norm"`` (NormSGD)."""
+    sq = per_tensor_sums("sumsq", updates)
+    sizes = torch.tensor([u.numel() for u in updates], dtype=sq.dtype, device=sq.device)
+    if direction == "tensor":
+        return sizes.sqrt() / (sq.sqrt() + eps)
+    norm = sq.sum().sqrt()
+    numerator = sizes.sum().sqrt() if direction == "global" else torch.ones((), dtype=sq.dtype)
+    return (numerator / (norm + eps)).expand_as(sq)
+
+
+def sepnorm_single(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    eps: float,
+    direction: Direction,
+    orthogonal: bool,
+) -> None:
+    """Reference kernel, one tensor at a time (the global groupings need one pass over all
+    tensors for their shared statistics first)."""
+    w = working_copies(params)
+    g = working_copies(grads)
+    m = working_copies(exp_avgs)
+    updates = [mi.lerp(gi, 1.0 - beta1) for mi, gi in zip(m, g)]
+    if orthogonal:
+        if direction == "element":
+            for wi, ui in zip(w, updates):
+                ui.masked_fill_(wi != 0, 0.0)
+        else:
+            coefficients = _projection_coefficients(w, updates, direction)
+            for wi, ui, c in zip(w, updates, coefficients):
+                ui.sub_(wi * c)
+    if direction in ("tensor", "global", "global_norm"):
+        scales = _normalisation_scales(updates, direction, eps)
+        for ui, s in zip(updates, scales):
+            ui.mul_(s)
+    for wi, ui, mi, gi in zip(w, updates, m, g):
+        if direction == "sign":
+            ui.sign_()
+        elif direction == "element":
+            ui.div_(ui.abs().add_(eps))
+        if weight_decay != 0:
+            wi.mul_(1.0 - lr * weight_decay)
+        wi.add_(ui, alpha=-lr)
+        mi.lerp_(gi, 1.0 - beta2)
+    write_back(params, w)
+    write_back(exp_avgs, m)
+
+
+def sepnorm_multi(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    eps: float,
+    direction: Direction,
+    orthogonal: bool,
+) -> None:
+    """Multi-tensor kernel: the arithmetic of :func:`sepnorm_single` with foreach ops."""
+    w = working_copies(params)
+    g = working_copies(grads)
+    m = working_copies(exp_avgs)
+    updates = torch._foreach_lerp(m, g, 1.0 - beta1)
+    if orthogonal:
+        if direction == "element":
+            for wi, ui in zip(w, updates):
+                ui.masked_fill_(wi != 0, 0.0)
+        else:
+            coefficients = _projection_coefficients(w, updates, direction)
+            torch._foreach_addcmul_(updates, w, list(coefficients.neg().unbind()))
+    if direction == "sign":
+        torch._foreach_sign_(updates)
+    elif direction == "element":
+        denominators = torch._foreach_abs(updates)
+        torch._foreach_add_(denominators, eps)
+        torch._foreach_div_(updates, denominators)
+    else:
+        scales = _normalisation_scales(updates, direction, eps)
+        torch._foreach_mul_(updates, list(scales.unbind()))
+    if weight_decay != 0:
+        torch._foreach_mul_(w, 1.0 - lr * weight_decay)
+    torch._foreach_add_(w, updates, alpha=-lr)
+    torch._foreach_lerp_(m, g, 1.0 - beta2)
+    write_back(params, w)
+    write_back(exp_avgs, m)
+
+
+class _InterpolatedMomentum(GeoOptimizer):
+    """Shared machinery; subclasses say which direction and whether to project."""
+
+    _orthogonal = False
+
+    def _direction(self, group: dict[str, Any]) -> Direction:
+        raise NotImplementedError
+
+    def _betas(self, group: dict[str, Any]) -> tuple[float, float]:
+        return group["betas"]
+
+    def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    def _update(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+    ) -> None:
+        beta1, beta2 = self._betas(group)
+        kernel = sepnorm_multi if use_foreach(group) else sepnorm_single
+        kernel(
+            params,
+            grads,
+            [s["exp_avg"] for s in states],
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=group["weight_decay"],
+            eps=group.get("eps", 0.0),
+            direction=self._direction(group),
+            orthogonal=self._orthogonal,
+        )
+
+
+def _defaults(lr: float, betas: Sequence[float], weight_decay: float, **extra: Any) -> dict:
+    return {
+        "lr": check_nonnegative("lr", lr),
+        "betas": check_betas(betas, 2),
+        "weight_decay": check_nonnegative("weight_decay", weight_decay),
+        **extra,
+    }
+
+
+class Lion(_InterpolatedMomentum):
+    r"""Lion (EvoLved Sign Momentum): ``w = w*(1-lr*wd) - lr*sign(beta1*m + (1-beta1)*g)``,
+    then ``m = beta2*m + (1-beta2)*g``. Defaults lr 1e-4, betas (0.9, 0.99), wd 0.
+
+    State per parameter: ``step``, ``exp_avg`` (the momentum ``m``).
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = _defaults(lr, betas, weight_decay, maximize=maximize, foreach=foreach)
+        super().__init__(params, defaults)
+
+    def _direction(self, group: dict[str, Any]) -> Direction:
+        return "sign"
+
+
+class SepNorm(_InterpolatedMomentum):
+    r"""SepNorm: Lion with ``sign`` replaced by the RMS normalisation
+    ``N_l(u) = u_l * sqrt(|l|) / (||u_l||_2 + eps)`` per normalisation group ``l``.
+
+    Args:
+        grouping: ``"tensor"`` (default) — each tensor is a group; ``"element"`` — each
+            element (Lion up to eps); ``"global"`` — the whole param group (one group holding
+            every parameter gives normalized GD with momentum; to normalise a custom partition,
+            make each part a param group).
+        eps: guards the norm, so an all-zero update gives a zero step.
+
+    Other arguments as :class:`Lion`. State per parameter: ``step``, ``exp_avg``.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        eps: float = 1e-8,
+        grouping: str = "tensor",
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = _defaults(
+            lr,
+            betas,
+            weight_decay,
+            eps=check_nonnegative("eps", eps),
+            grouping=check_choice("grouping", grouping, GROUPINGS),
+            maximize=maximize,
+            foreach=foreach,
+        )
+        super().__init__(params, defaults)
+
+    def _direction(self, group: dict[str, Any]) -> Direction:
+        return check_choice("group['grouping']", group["grouping"], GROUPINGS)  # type: ignore[return-value]
+
+
+class OrtSepNorm(SepNorm):
+    r"""OrtSepNorm: SepNorm of the interpolated update projected orthogonally to the weight,
+    ``u_l - (<w_l, u_l> / ||w_l||^2) w_l`` (skipped where ``w_l = 0``).
+
+    Each group's norm then tends to ``lr*sqrt(|l|) / sqrt(2*lr*wd - (lr*wd)^2)`` on any loss.
+    With ``grouping="element"`` the projection removes every coordinate where ``w != 0``.
+    """
+
+    _orthogonal = True
+
+
+class NormSGD(_InterpolatedMomentum):
+    r"""Normalized gradient descent with Lion-style momentum:
+    ``w = w*(1-lr*wd) - lr * u / (||u||_2 + eps)``, the norm over the whole param group.
+
+    ``NormSGD(lr)`` equals ``SepNorm(grouping="global", lr=lr/sqrt(N))`` for ``N`` parameters in
+    the group. ``betas=(0, 0)`` gives plain normalized GD. State: ``step``, ``exp_avg``.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-2,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        eps: float = 1e-8,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = _defaults(
+            lr,
+            betas,
+            weight_decay,
+            eps=check_nonnegative("eps", eps),
+            maximize=maximize,
+            foreach=foreach,
+        )
+        super().__init__(params, defaults)
+
+    def _direction(self, group: dict[str, Any]) -> Direction:
+        return "global_norm"
+
+
+class Signum(_InterpolatedMomentum):
+    r"""Signum: ``m = beta*m + (1-beta)*g``, ``w = w*(1-lr*wd) - lr*sign(m)``
+    (Lion with ``beta1 = beta2 = beta``); ``momentum=0`` is signSGD.
+
+    State per parameter: ``step``, ``exp_avg`` (the momentum ``m``).
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-4,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = {
+            "lr": check_nonnegative("lr", lr),
+            "momentum": check_unit_interval("momentum", momentum),
+            "weight_decay": check_nonnegative("weight_decay", weight_decay),
+            "maximize": maximize,
+            "foreach": foreach,
+        }
+        super().__init__(params, defaults)
+
+    def _betas(self, group: dict[str, Any]) -> tuple[float, float]:
+        return group["momentum"], group["momentum"]
+
+    def _direction(self, group: dict[str, Any]) -> Direction:
+        return "sign"
