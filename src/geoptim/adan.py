@@ -123,8 +123,9 @@ def adan_multi(
     if not no_prox and weight_decay != 0:
         torch._foreach_div_(w, 1.0 + lr * weight_decay)
     torch._foreach_copy_(g_prev, g)
-    for targets, work in zip((params, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads),
-                             (w, m, d, n, g_prev)):
+    for targets, work in zip(
+        (params, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads), (w, m, d, n, g_prev)
+    ):
         write_back(targets, work)
 
 
@@ -183,8 +184,9 @@ class Adan(GeoOptimizer):
             max_norm, eps = self.param_groups[0]["max_grad_norm"], self.param_groups[0]["eps"]
         if max_norm == 0:
             return 1.0
-        grads = [p.grad for group in self.param_groups for p in group["params"]
-                 if p.grad is not None]
+        grads = [
+            p.grad for group in self.param_groups for p in group["params"] if p.grad is not None
+        ]
         if not grads:
             return 1.0
         total = per_tensor_sums("sumsq", grads).sum().sqrt()

@@ -36,12 +36,13 @@ __all__ = ["AdamWAGR", "AdanAGR", "agr", "agr_multi", "with_agr"]
 
 
 def agr(grad: Tensor) -> Tensor:
-    r"""Single-tensor reference: :math:`\Psi(g) = g - |g| g / \max(\sum|g|, \text{tiny})`,
-    computed in float32 at least and returned in ``grad``'s dtype."""
+    r"""Single-tensor reference: :math:`\Psi(g) = (1 - \alpha) g` with
+    :math:`\alpha = |g| / \max(\sum|g|, \text{tiny})`, computed in float32 at least and returned
+    in ``grad``'s dtype. (``1 - alpha`` is exactly 0 for a one-element tensor.)"""
     (g,) = working_copies([grad])
     total = per_tensor_sums("abs", [g])[0]
     total = total.clamp_min(torch.finfo(total.dtype).tiny)
-    return g.abs().mul_(g).div_(-total).add_(g).to(grad.dtype)
+    return g.abs().div_(-total).add_(1.0).mul_(g).to(grad.dtype)
 
 
 def agr_multi(grads: list[Tensor]) -> list[Tensor]:
@@ -50,9 +51,9 @@ def agr_multi(grads: list[Tensor]) -> list[Tensor]:
     totals = per_tensor_sums("abs", g)
     totals = totals.clamp_min(torch.finfo(totals.dtype).tiny).neg_()
     psi = torch._foreach_abs(g)
-    torch._foreach_mul_(psi, g)
     torch._foreach_div_(psi, list(totals.unbind()))
-    torch._foreach_add_(psi, g)
+    torch._foreach_add_(psi, 1.0)
+    torch._foreach_mul_(psi, g)
     return [p.to(orig.dtype) for p, orig in zip(psi, grads)]
 
 
@@ -88,6 +89,8 @@ def with_agr(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
                     continue
                 params = [p for p in group["params"] if p.grad is not None]
                 grads = [p.grad for p in params]
+                if any(g.is_sparse for g in grads):
+                    raise RuntimeError("AGR does not support sparse gradients")
                 if group.get("foreach") is False:
                     transformed = [agr(g) for g in grads]
                 else:

@@ -113,8 +113,8 @@ def sepnorm_single(
                 ui.masked_fill_(wi != 0, 0.0)
         else:
             coefficients = _projection_coefficients(w, updates, direction)
-            for wi, ui, c in zip(w, updates, coefficients):
-                ui.sub_(wi * c)
+            for wi, ui, c in zip(w, updates, coefficients.neg()):
+                ui.addcmul_(wi, c)
     if direction in ("tensor", "global", "global_norm"):
         scales = _normalisation_scales(updates, direction, eps)
         for ui, s in zip(updates, scales):

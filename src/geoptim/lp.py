@@ -243,9 +243,7 @@ class CosinePScheduler:
     :meth:`get_last_p`.
     """
 
-    def __init__(
-        self, optimizer: Optimizer, p_max: float, T_max: int, p_min: float = 2.0
-    ) -> None:
+    def __init__(self, optimizer: Optimizer, p_max: float, T_max: int, p_min: float = 2.0) -> None:
         p_min = check_p("p_min", p_min)
         p_max = check_p("p_max", p_max)
         if math.isinf(p_max) or p_max < p_min:

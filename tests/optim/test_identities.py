@@ -1,0 +1,95 @@
+"""Exact identities between methods (ALGORITHMS.md §1-§2)."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+import geoptim
+from tests.optim.cases import make_params, run_steps
+
+STEPS = range(1, 11)
+
+
+def _pair(make_a, make_b, steps=STEPS):
+    a, b = make_params(), make_params()
+    run_steps(make_a(a), a, steps)
+    run_steps(make_b(b), b, steps)
+    return a, b
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_lpsgd_p2_is_sgd(foreach):
+    a, b = _pair(
+        lambda ps: geoptim.LPSGD(ps, lr=0.1, p=2.0, foreach=foreach),
+        lambda ps: torch.optim.SGD(ps, lr=0.1),
+    )
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_lpsgdm_p2_heavy_ball_is_sgd_momentum(foreach):
+    """Heavy-ball LPSGDM's buffer starts at 0, so m_1 = g_1: torch's first-step
+    initialisation ``buf = g`` gives the same sequence."""
+    a, b = _pair(
+        lambda ps: geoptim.LPSGDM(ps, lr=0.1, momentum=0.9, dampening=0, p=2.0, foreach=foreach),
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
+    )
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-14, atol=1e-15)
+
+
+def test_lpsgdm_p2_ema_is_sgd_momentum_with_scaled_lr():
+    """EMA momentum m = (1-beta) * heavy-ball buffer, so LPSGDM(lr) = SGD(lr*(1-beta))."""
+    a, b = _pair(
+        lambda ps: geoptim.LPSGDM(ps, lr=0.1, momentum=0.9, p=2.0),
+        lambda ps: torch.optim.SGD(ps, lr=0.1 * (1 - 0.9), momentum=0.9),
+    )
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
+
+
+def test_sepnorm_element_grouping_is_lion():
+    a, b = _pair(
+        lambda ps: geoptim.SepNorm(ps, lr=0.01, grouping="element", eps=1e-30, weight_decay=0.1),
+        lambda ps: geoptim.Lion(ps, lr=0.01, weight_decay=0.1),
+    )
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-13)
+
+
+def test_sepnorm_global_grouping_is_normsgd():
+    """One normalisation group of N elements: SepNorm(lr) = NormSGD(lr * sqrt(N)). (Steps
+    from 4 on: at step 3 a gradient is missing, which changes N for that step.)"""
+    n = sum(p.numel() for p in make_params())
+    a, b = _pair(
+        lambda ps: geoptim.SepNorm(ps, lr=0.01, grouping="global", weight_decay=0.1),
+        lambda ps: geoptim.NormSGD(ps, lr=0.01 * math.sqrt(n), weight_decay=0.1 / math.sqrt(n)),
+        steps=range(4, 14),
+    )
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-13)
+
+
+def test_lpsgdm_approaches_signum_as_p_grows():
+    reference = make_params()
+    run_steps(geoptim.Signum(reference, lr=0.01, momentum=0.9), reference, STEPS)
+    errors = []
+    for p in (4.0, 20.0, 1e3, 1e6, math.inf):
+        ps = make_params()
+        run_steps(geoptim.LPSGDM(ps, lr=0.01, momentum=0.9, p=p, eps=1e-12), ps, STEPS)
+        errors.append(max(float((x - y).detach().abs().sum()) for x, y in zip(ps, reference)))
+    assert all(e1 > e2 for e1, e2 in itertools.pairwise(errors)), errors
+    assert errors[-1] < 1e-9, errors  # p = inf: u / (|u| + eps)
+
+
+def test_signum_zero_momentum_is_sign_sgd():
+    a = make_params()
+    b = [p.detach().clone() for p in a]
+    run_steps(geoptim.Signum(a, lr=0.01, momentum=0.0), a, range(1, 2))
+    from tests.optim.cases import make_grads
+
+    for x, y, g in zip(a, b, make_grads(1)):
+        torch.testing.assert_close(x, y - 0.01 * g.sign(), rtol=0, atol=1e-15)
