@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "tune": "geoptim.bench.cli_tune",
     "curvature": "geoptim.analysis.cli",
     "speed": "geoptim.speed",
+    "train": "geoptim.distributed.train",
 }
 
 
