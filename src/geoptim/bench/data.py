@@ -1,0 +1,291 @@
+"""Data for the benchmark tasks, all built locally (nothing is ever downloaded).
+
+* :func:`modular_addition` -- every pair ``(a, b)`` of residues mod ``p``, label ``(a + b) % p``,
+  split at random (fixed split seed) into a train fraction and the rest.
+* :func:`load_digits_split` -- ``sklearn``'s bundled 8x8 digits, a fixed stratified 75/25 split,
+  each pixel standardised with the training mean and std (constant pixels are only centred).
+* :func:`load_mnist1d` -- MNIST-1D produced by the ``mnist1d`` package's procedural generator
+  (``make_dataset`` with its default arguments and a fixed seed; never its download path),
+  cached in memory per process.
+* :func:`load_cifar` -- CIFAR-10/100 from the standard python-pickle folders, validated with errors
+  that name the path and the expected files; :func:`augment_cifar` does random-crop (pad 4) and
+  horizontal flips with tensor ops, :func:`normalize_cifar` the per-channel normalisation.
+
+:class:`TensorData` is the ``TaskData`` the trainable tasks return: seeded mini-batches per epoch,
+``evaluate(model)`` on the train and test sets, and a fixed ``hessian_batch(n)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------
+# TaskData
+
+
+class TensorData:
+    """In-memory train/test tensors with the ``TaskData`` interface.
+
+    ``train_batches(epoch)`` shuffles with a generator seeded by ``(seed, epoch)`` (so it does not
+    touch the global RNG) and yields ``batch_size`` slices (the last one may be smaller); with
+    ``batch_size=None`` it yields the whole training set once (full batch). ``augment``, if given,
+    is applied to every training batch with that generator. ``evaluate`` runs the model in eval mode
+    on (at most ``eval_train_size`` of) the training set and on the test set and returns
+    ``train_loss, train_acc, test_loss, test_acc``; it leaves the model in the mode it found it in.
+    """
+
+    def __init__(
+        self,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        x_test: torch.Tensor,
+        y_test: torch.Tensor,
+        *,
+        batch_size: int | None,
+        seed: int,
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        eval_batch_size: int = 2048,
+        eval_train_size: int | None = None,
+    ) -> None:
+        self.x_train, self.y_train = x_train, y_train
+        self.x_test, self.y_test = x_test, y_test
+        self.batch_size = batch_size
+        self.seed = seed
+        self.augment = augment
+        self.eval_batch_size = eval_batch_size
+        self.eval_train_size = eval_train_size
+
+    def to(self, device: torch.device) -> TensorData:
+        """Move the train and test tensors to ``device`` (in place; returns ``self``)."""
+        self.x_train, self.y_train = self.x_train.to(device), self.y_train.to(device)
+        self.x_test, self.y_test = self.x_test.to(device), self.y_test.to(device)
+        return self
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n = len(self.y_train)
+        return 1 if self.batch_size is None else -(-n // self.batch_size)
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        n = len(self.y_train)
+        if self.batch_size is None:
+            yield self.x_train, self.y_train
+            return
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size].to(self.x_train.device)
+            x = self.x_train[idx]
+            if self.augment is not None:
+                x = self.augment(x, gen)
+            yield x, self.y_train[idx]
+
+    def hessian_batch(self, n: int) -> Batch:
+        """The first ``n`` training examples (un-augmented): the same batch every call."""
+        return self.x_train[:n], self.y_train[:n]
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        n_train = self.eval_train_size or len(self.y_train)
+        train = _loss_acc(
+            model, self.x_train[:n_train], self.y_train[:n_train], self.eval_batch_size
+        )
+        test = _loss_acc(model, self.x_test, self.y_test, self.eval_batch_size)
+        model.train(was_training)
+        return {
+            "train_loss": train[0],
+            "train_acc": train[1],
+            "test_loss": test[0],
+            "test_acc": test[1],
+        }
+
+
+def _loss_acc(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int
+) -> tuple[float, float]:
+    device = next(model.parameters()).device
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(y), batch):
+        xb, yb = x[start : start + batch].to(device), y[start : start + batch].to(device)
+        out = model(xb)
+        loss_sum += F.cross_entropy(out.float(), yb, reduction="sum").item()
+        correct += int((out.argmax(1) == yb).sum())
+    return loss_sum / len(y), correct / len(y)
+
+
+# --------------------------------------------------------------------------------------------
+# Modular addition
+
+
+def modular_addition(p: int, train_frac: float, split_seed: int = 0) -> tuple[Batch, Batch]:
+    """All ``p*p`` pairs ``x = (a, b)`` (int64, shape ``(p*p, 2)``), ``y = (a + b) % p``, randomly
+    split: ``round(train_frac * p*p)`` pairs for training, the rest for testing."""
+    if not 0.0 < train_frac < 1.0:
+        raise ValueError(f"train_frac must lie in (0, 1), got {train_frac}")
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    x = torch.stack([a.flatten(), b.flatten()], dim=1)
+    y = (x[:, 0] + x[:, 1]) % p
+    order = torch.randperm(p * p, generator=torch.Generator().manual_seed(split_seed))
+    n_train = round(train_frac * p * p)
+    tr, te = order[:n_train], order[n_train:]
+    return (x[tr], y[tr]), (x[te], y[te])
+
+
+# --------------------------------------------------------------------------------------------
+# sklearn digits
+
+
+@functools.lru_cache(maxsize=1)
+def load_digits_split() -> tuple[Batch, Batch]:
+    """``(x_train, y_train), (x_test, y_test)``: 1347 / 450 images of shape ``(1, 8, 8)``, float32,
+    standardised per pixel with training statistics; stratified split with ``random_state=0``."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        digits.data, digits.target, test_size=0.25, stratify=digits.target, random_state=0
+    )
+    mean, std = x_tr.mean(0), x_tr.std(0)
+    std[std == 0] = 1.0
+
+    def prep(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy((x - mean) / std).float().reshape(-1, 1, 8, 8)
+
+    return (prep(x_tr), torch.from_numpy(y_tr).long()), (prep(x_te), torch.from_numpy(y_te).long())
+
+
+# --------------------------------------------------------------------------------------------
+# MNIST-1D
+
+
+@functools.lru_cache(maxsize=4)
+def load_mnist1d(num_samples: int = 5000, seed: int = 42) -> tuple[Batch, Batch]:
+    """MNIST-1D from the procedural generator: defaults give 4000 train / 1000 test signals of
+    shape ``(1, 40)`` (float32, globally standardised by the generator). The generator seeds
+    Python's and NumPy's global RNGs; their states are restored afterwards."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed = num_samples, seed
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        data = make_dataset(args)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+    def prep(x: np.ndarray, y: np.ndarray) -> Batch:
+        return torch.from_numpy(x).float().unsqueeze(1), torch.from_numpy(y).long()
+
+    return prep(data["x"], data["y"]), prep(data["x_test"], data["y_test"])
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR
+
+CIFAR_LAYOUT = {
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        b"labels",
+        10,
+    ),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100),
+}
+CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
+CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
+
+
+def cifar_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """``data_dir`` if given, else ``$GEOPTIM_DATA``, else ``~/data``."""
+    return Path(data_dir or os.environ.get("GEOPTIM_DATA") or "~/data").expanduser()
+
+
+def load_cifar(name: str, data_dir: str | os.PathLike[str] | None = None) -> tuple[Batch, Batch]:
+    """``(x_train, y_train), (x_test, y_test)``: uint8 images ``(N, 3, 32, 32)``, int64 labels,
+    read from ``<root>/cifar-10-batches-py/{data_batch_1..5, test_batch}`` or
+    ``<root>/cifar-100-python/{train, test}``. Raises ``FileNotFoundError`` or ``ValueError``
+    naming the path and the expected layout when the folder is missing or malformed."""
+    if name not in CIFAR_LAYOUT:
+        raise ValueError(f"unknown CIFAR dataset {name!r}; known: {', '.join(CIFAR_LAYOUT)}")
+    sub, train_files, test_files, label_key, num_classes = CIFAR_LAYOUT[name]
+    folder = cifar_root(data_dir) / sub
+    expected = ", ".join(train_files + test_files)
+    hint = (
+        f"expected the python-pickle {name} folder {folder} holding {expected} "
+        f"(set data_dir or GEOPTIM_DATA to its parent)"
+    )
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{name} folder not found: {hint}")
+    missing = [f for f in train_files + test_files if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{name}: missing {', '.join(missing)} in {folder}; {hint}")
+
+    def read(files: list[str]) -> Batch:
+        xs, ys = [], []
+        for fname in files:
+            path = folder / fname
+            try:
+                with open(path, "rb") as fh:
+                    entry = pickle.load(fh, encoding="bytes")
+                data = np.asarray(entry[b"data"], dtype=np.uint8)
+                labels = np.asarray(entry[label_key], dtype=np.int64)
+            except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
+                raise ValueError(
+                    f"{name}: cannot read {path} ({type(err).__name__}: {err}); it must be a "
+                    f"pickled dict with keys b'data' (N x 3072 uint8) and {label_key!r}; {hint}"
+                ) from err
+            if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+                raise ValueError(
+                    f"{name}: {path} holds data of shape {data.shape} and {len(labels)} labels; "
+                    f"expected N x 3072 and N labels; {hint}"
+                )
+            if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+                raise ValueError(f"{name}: {path} has labels outside 0..{num_classes - 1}; {hint}")
+            xs.append(data.reshape(-1, 3, 32, 32))
+            ys.append(labels)
+        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+    return read(train_files), read(test_files)
+
+
+def normalize_cifar(x: torch.Tensor, name: str) -> torch.Tensor:
+    """uint8 or [0, 1] float images -> per-channel standardised float32."""
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    mean = torch.tensor(CIFAR_MEAN[name], device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD[name], device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def augment_cifar(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random ``H x W`` crop of the zero-padded batch (padding ``pad``) and a horizontal flip with
+    probability 1/2, drawn per image from ``gen``. Works on any ``(N, C, H, W)`` tensor; the
+    padding value 0 is the channel mean when applied after normalisation."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    flip = torch.rand(n, generator=gen) < 0.5
+    rows = (dy[:, None] + torch.arange(h)[None, :]).to(x.device)  # (n, h)
+    cols = dx[:, None] + torch.arange(w)[None, :]  # (n, w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols).to(x.device)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]

@@ -1,0 +1,63 @@
+"""The benchmark's tasks, by name: ``get_task("grokking", model="transformer")``.
+
+=============  ======================================================================
+``quadratic``  2-D anisotropic quadratic: GD vs signGD vs l_p (LPSGD paper, fig. 3)
+``grokking``   (a + b) mod 113, full batch, grokking gap (SepNorm paper, fig. 1)
+``digits``     sklearn digits, small ResNet / VGG with BatchNorm (momentum tracing)
+``mnist1d``    MNIST-1D, 1-D CNN
+``cifar10``    CIFAR-10, ResNet-18 / ResNet-50 / VGG-11 (LPSGD paper, table 1)
+``cifar100``   CIFAR-100, same models (LPSGD paper, table 2)
+=============  ======================================================================
+
+Overrides set a task's options (its dataclass fields, e.g. ``model``, ``activation``,
+``data_dir``); unknown names or values raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from geoptim.bench.tasks.base import SUITES, Task, TaskData, TrainableTask
+from geoptim.bench.tasks.cifar import Cifar100Task, CifarTask
+from geoptim.bench.tasks.digits import DigitsTask
+from geoptim.bench.tasks.grokking import GrokkingTask, grokking_gap
+from geoptim.bench.tasks.mnist1d import MNIST1DTask
+from geoptim.bench.tasks.quadratic import QuadraticTask
+
+TASKS: dict[str, type[Task]] = {
+    cls.name: cls
+    for cls in (QuadraticTask, GrokkingTask, DigitsTask, MNIST1DTask, CifarTask, Cifar100Task)
+}
+
+
+def list_tasks() -> list[str]:
+    """The registered task names, in registry order (cheapest first)."""
+    return list(TASKS)
+
+
+def get_task(name: str, **overrides: Any) -> Task:
+    """The task ``name`` with its options set from ``overrides``."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    cls = TASKS[name]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(
+            f"task {name!r} has no option {', '.join(map(repr, unknown))}; "
+            f"its options: {', '.join(sorted(fields))}"
+        )
+    return cls(**overrides)
+
+
+__all__ = [
+    "SUITES",
+    "TASKS",
+    "Task",
+    "TaskData",
+    "TrainableTask",
+    "get_task",
+    "grokking_gap",
+    "list_tasks",
+]

@@ -1,0 +1,126 @@
+"""The ``Task`` interface every benchmark task implements.
+
+A task is a dataclass whose fields are its options (``get_task(name, **overrides)`` sets them).
+``run(optimizer, hparams, seed, budget, progress, callbacks)`` trains once and returns a JSON-able
+dict::
+
+    {"curves": {"step": [...], "epoch": [...], "train_loss": [...], ..., "time_s": [...]},
+     "final": {metric: value}, "steps": int, "extra": {"diverged": bool, ...}}
+
+``hparams`` holds ``lr``, ``weight_decay`` (default 0), ``warmup_frac`` (default 0),
+``lr_schedule`` (``"cosine"`` or ``"constant"``), ``p_max`` (LPSGD/LPSGDM only) and optimizer
+keywords; ``budget`` is ``{"epochs": E}`` or ``{"steps": S, "eval_every": k}`` (see
+:mod:`geoptim.bench.training`).
+
+:class:`TrainableTask` adds ``make_model(seed)``, ``make_data(seed)`` (a :class:`TaskData`) and
+``loss_fn``, and runs the shared loop :func:`geoptim.bench.training.train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+SUITES = ("quick", "full")
+
+
+class TaskData(Protocol):
+    """Data of a trainable task; :class:`geoptim.bench.data.TensorData` implements it."""
+
+    steps_per_epoch: int
+
+    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]: ...
+
+    def hessian_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@dataclasses.dataclass
+class Task:
+    """Base of all tasks; subclasses set ``name``, ``description`` and their option fields."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def default_budget(self, suite: str) -> dict[str, Any]:
+        """The budget for ``suite`` (``"quick"`` or ``"full"``)."""
+        check_suite(suite)
+        return dict(self._budgets()[suite])
+
+    def _budgets(self) -> dict[str, dict[str, Any]]:
+        raise NotImplementedError
+
+    def run(
+        self,
+        optimizer: str,
+        hparams: dict[str, Any],
+        seed: int,
+        budget: dict[str, Any],
+        progress: Callable[[float], None] | None = None,
+        callbacks: Sequence[Any] = (),
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass
+class TrainableTask(Task):
+    """A classification task trained by the shared loop. ``device``: ``"cpu"``, ``"cuda"``, or
+    ``"auto"`` (CUDA when available)."""
+
+    device: str = "cpu"
+
+    def make_model(self, seed: int) -> nn.Module:
+        """A freshly initialised model; ``torch.manual_seed(seed)`` makes it reproducible."""
+        torch.manual_seed(seed)
+        return self._build_model()
+
+    def _build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def make_data(self, seed: int) -> TaskData:
+        raise NotImplementedError
+
+    def loss_fn(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy (negative log-likelihood of the softmax)."""
+        return F.cross_entropy(outputs, targets)
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def extra(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Task-specific entries for ``result["extra"]``, computed from the finished result."""
+        return {}
+
+    def run(
+        self,
+        optimizer: str,
+        hparams: dict[str, Any],
+        seed: int,
+        budget: dict[str, Any],
+        progress: Callable[[float], None] | None = None,
+        callbacks: Sequence[Any] = (),
+    ) -> dict[str, Any]:
+        from geoptim.bench.training import train
+
+        result = train(self, optimizer, hparams, seed, budget, progress, callbacks)
+        result["extra"].update(self.extra(result))
+        return result
+
+
+def check_suite(suite: str) -> None:
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; known: {', '.join(SUITES)}")
+
+
+def check_choice(option: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        known = ", ".join(map(str, choices))
+        raise ValueError(f"unknown {option} {value!r}; known: {known}")

@@ -1,0 +1,75 @@
+"""CIFAR-10 / CIFAR-100 (the LPSGD paper's tables 1-2): VGG-11 (BN), ResNet-18, ResNet-50.
+
+Data from a local folder in the standard python-pickle layout (``data_dir`` option, else
+``$GEOPTIM_DATA``, else ``~/data``; see :func:`geoptim.bench.data.load_cifar`), per-channel
+normalisation, training augmentation: random 32x32 crop of the 4-padded image and horizontal
+flip (tensor ops, seeded per epoch). Batch size 128, 200 epochs for ``full`` (the paper's setting;
+GPU only: ``device`` ``"auto"`` picks CUDA when present). Train metrics are measured on the first
+``eval_train_size`` (10000) training images without augmentation, test metrics on the whole test
+set. The ``quick`` budget is a smoke run (two epochs of 20 mini-batches).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from geoptim.bench.data import TensorData, augment_cifar, load_cifar, normalize_cifar
+from geoptim.bench.tasks.base import TrainableTask, check_choice
+from geoptim.models import ACTIVATIONS, CIFAR_MODELS
+
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+
+
+@dataclasses.dataclass
+class CifarTask(TrainableTask):
+    name: ClassVar[str] = "cifar10"
+    description: ClassVar[str] = (
+        "CIFAR-10 from a local pickle folder, ResNet-18/50 or VGG-11, crop+flip augmentation"
+    )
+
+    model: str = "resnet18"
+    activation: str = "relu"
+    batch_size: int = 128
+    data_dir: str | None = None
+    eval_train_size: int = 10000
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_choice("model", self.model, tuple(CIFAR_MODELS))
+        check_choice("activation", self.activation, ACTIVATIONS)
+
+    def _budgets(self) -> dict[str, dict[str, Any]]:
+        return {"quick": {"epochs": 2, "batches_per_epoch": 20}, "full": {"epochs": 200}}
+
+    def _build_model(self) -> nn.Module:
+        return CIFAR_MODELS[self.model](NUM_CLASSES[self.name], self.activation)
+
+    def make_data(self, seed: int) -> TensorData:
+        (x_tr, y_tr), (x_te, y_te) = load_cifar(self.name, self.data_dir)
+        return TensorData(
+            normalize_cifar(x_tr, self.name),
+            y_tr,
+            normalize_cifar(x_te, self.name),
+            y_te,
+            batch_size=self.batch_size,
+            seed=seed,
+            augment=_augment,
+            eval_batch_size=1000,
+            eval_train_size=self.eval_train_size,
+        )
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return augment_cifar(x, gen)
+
+
+@dataclasses.dataclass
+class Cifar100Task(CifarTask):
+    name: ClassVar[str] = "cifar100"
+    description: ClassVar[str] = (
+        "CIFAR-100 from a local pickle folder, ResNet-18/50 or VGG-11, crop+flip augmentation"
+    )

@@ -1,0 +1,52 @@
+"""``sklearn`` digits: 1797 8x8 grey images, 10 classes, bundled with scikit-learn.
+
+Fixed stratified split (1347 train / 450 test, ``random_state=0``), pixels standardised with the
+training statistics (:func:`geoptim.bench.data.load_digits_split`). Models (option ``model``):
+``"resnet"`` (:class:`geoptim.models.DigitsResNet`: stem + two BasicBlocks with BatchNorm) or
+``"vgg"`` (:class:`geoptim.models.DigitsVGG`), ``width`` channels in the first stage, activation
+``"relu"`` or ``"leaky_relu"`` (the momentum-tracing study of the SepNorm paper needs ReLU's exact
+zero gradients and a leaky control). Mini-batches of ``batch_size`` (64); train NLL and test top-1
+after every epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from torch import nn
+
+from geoptim.bench.data import TensorData, load_digits_split
+from geoptim.bench.tasks.base import TrainableTask, check_choice
+from geoptim.models import ACTIVATIONS, DigitsResNet, DigitsVGG
+
+MODELS = ("resnet", "vgg")
+
+
+@dataclasses.dataclass
+class DigitsTask(TrainableTask):
+    name: ClassVar[str] = "digits"
+    description: ClassVar[str] = (
+        "sklearn 8x8 digits, small ResNet or VGG with BatchNorm (ReLU or leaky ReLU), "
+        "mini-batches; train NLL / test top-1 per epoch"
+    )
+
+    model: str = "resnet"
+    activation: str = "relu"
+    width: int = 16
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        check_choice("model", self.model, MODELS)
+        check_choice("activation", self.activation, ACTIVATIONS)
+
+    def _budgets(self) -> dict[str, dict[str, Any]]:
+        return {"quick": {"epochs": 6}, "full": {"epochs": 30}}
+
+    def _build_model(self) -> nn.Module:
+        cls = DigitsResNet if self.model == "resnet" else DigitsVGG
+        return cls(self.width, self.activation)
+
+    def make_data(self, seed: int) -> TensorData:
+        (x_tr, y_tr), (x_te, y_te) = load_digits_split()
+        return TensorData(x_tr, y_tr, x_te, y_te, batch_size=self.batch_size, seed=seed)

@@ -1,0 +1,43 @@
+"""MNIST-1D (Greydanus 2020): 10 classes of 1-D signals of length 40, generated locally.
+
+The ``mnist1d`` package's procedural generator with its default arguments (5000 samples, 4000
+train / 1000 test) and seed ``data_seed`` (42, the package default) -- never its download path;
+cached in memory per process (:func:`geoptim.bench.data.load_mnist1d`; generating takes a few
+seconds). Model: :class:`geoptim.models.MNIST1DCNN` (three conv layers, ``channels`` wide);
+mini-batches of ``batch_size`` (100); train NLL and test top-1 after every epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from torch import nn
+
+from geoptim.bench.data import TensorData, load_mnist1d
+from geoptim.bench.tasks.base import TrainableTask
+from geoptim.models import MNIST1DCNN
+
+
+@dataclasses.dataclass
+class MNIST1DTask(TrainableTask):
+    name: ClassVar[str] = "mnist1d"
+    description: ClassVar[str] = (
+        "MNIST-1D (procedurally generated, 4000/1000 signals of length 40), 1-D CNN, "
+        "mini-batches; train NLL / test top-1 per epoch"
+    )
+
+    channels: int = 32
+    batch_size: int = 100
+    num_samples: int = 5000
+    data_seed: int = 42
+
+    def _budgets(self) -> dict[str, dict[str, Any]]:
+        return {"quick": {"epochs": 8}, "full": {"epochs": 50}}
+
+    def _build_model(self) -> nn.Module:
+        return MNIST1DCNN(self.channels)
+
+    def make_data(self, seed: int) -> TensorData:
+        (x_tr, y_tr), (x_te, y_te) = load_mnist1d(self.num_samples, self.data_seed)
+        return TensorData(x_tr, y_tr, x_te, y_te, batch_size=self.batch_size, seed=seed)
