@@ -1,0 +1,152 @@
+"""The report's figures, each drawn from one section's records.
+
+Figures are ``matplotlib.figure.Figure`` objects saved straight to PNG (the Agg renderer), so no
+pyplot state or GUI backend is involved.
+
+Every function writes one PNG and returns ``True``, or returns ``False`` (and writes nothing)
+when the section holds nothing it can draw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from geoptim.bench.claims import grokking_gaps
+from geoptim.bench.results import Section, Series
+
+DPI = 100
+
+
+def _layout(fig: Figure) -> None:
+    """Fixed margins: ``tight_layout`` would draw every figure twice."""
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.12, top=0.88, wspace=0.28, hspace=0.5)
+
+
+def x_axis(section: Section) -> str:
+    """``"epoch"`` for epoch budgets, else ``"step"``."""
+    return "epoch" if "epochs" in section.budget else "step"
+
+
+def _band(ax: Axes, series: Series, metric: str, axis: str, scale: float = 1.0) -> bool:
+    curve = series.curve(metric, axis)
+    if curve is None:
+        return False
+    x, values = curve
+    values = values * scale
+    with np.errstate(all="ignore"):
+        mean = np.nanmean(values, axis=0)
+        std = np.nanstd(values, axis=0) if len(values) > 1 else np.zeros_like(mean)
+    (line,) = ax.plot(x, mean, label=f"{series.label} (n={series.n})", lw=1.4)
+    ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.18, lw=0)
+    return True
+
+
+def learning_curves(section: Section, series: Sequence[Series], path: Path, title: str) -> bool:
+    """Train NLL (log scale) and test accuracy against steps or epochs, mean ± std band."""
+    axis = x_axis(section)
+    panels = [("train_loss", "train NLL", 1.0), ("test_acc", "test accuracy (%)", 100.0)]
+    panels = [p for p in panels if any(s.curve(p[0], axis) is not None for s in series)]
+    if not panels:
+        return False
+    fig = Figure(figsize=(5.2 * len(panels), 3.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)
+    for ax, (metric, name, scale) in zip(axes[0], panels, strict=True):
+        for s in series:
+            _band(ax, s, metric, axis, scale)
+        ax.set_xlabel(axis)
+        ax.set_ylabel(name)
+        if metric == "train_loss":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    _layout(fig)
+    fig.savefig(path, dpi=DPI)
+    return True
+
+
+def grokking_curves(section: Section, path: Path) -> bool:
+    """Per series, train and test accuracy over steps, the mean gap shaded."""
+    series = [s for s in section.series if s.curve("test_acc") is not None]
+    if not series:
+        return False
+    cols = min(3, len(series))
+    rows = -(-len(series) // cols)
+    fig = Figure(figsize=(4.2 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    tau = next((t for s in series for t in s.extra("tau") if t is not None), None)
+    for ax, s in zip(axes.flat, series, strict=False):
+        for metric, style in (("train_acc", "--"), ("test_acc", "-")):
+            x, values = s.curve(metric)
+            ax.plot(x, np.nanmean(values, axis=0) * 100, style, label=metric.replace("_", " "))
+        train = [v for v in s.extra("train_reach_step") if v is not None]
+        gaps, censored = grokking_gaps(s)
+        if train and len(gaps):
+            start = float(np.mean(train))
+            end = start + float(np.mean(gaps))
+            ax.axvspan(start, end, color="tab:red", alpha=0.15)
+            mark = "≥" if censored else ""
+            ax.set_title(f"{s.label}: gap {mark}{np.mean(gaps):.0f} steps", fontsize=9)
+        else:
+            ax.set_title(f"{s.label}: train never reached τ", fontsize=9)
+        if tau is not None:
+            ax.axhline(tau * 100, color="gray", lw=0.8, ls=":")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(series):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("accuracy (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{section.title}: accuracy, mean over seeds (shaded: train reaches τ → test "
+                 "reaches τ)",
+                 fontsize=10)
+    _layout(fig)
+    fig.savefig(path, dpi=DPI)
+    return True
+
+
+def trajectories(section: Section, path: Path) -> bool:
+    """The 2-D iterates of each series' first run, over the loss contours when known."""
+    drawn = [(s, s.extra("trajectory")[0]) for s in section.series if s.extra("trajectory")[0]]
+    if not drawn:
+        return False
+    fig = Figure(figsize=(5.6, 5.0))
+    ax = fig.subplots()
+    points = np.concatenate([np.asarray(t, dtype=float)[:, :2] for _, t in drawn])
+    matrix = _quadratic_matrix(section)
+    if matrix is not None:
+        lo, hi = points.min(axis=0), points.max(axis=0)
+        pad = 0.1 * (hi - lo + 1e-12)
+        gx, gy = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], 200),
+                             np.linspace(lo[1] - pad[1], hi[1] + pad[1], 200))
+        grid = np.stack([gx, gy], axis=-1)
+        loss = 0.5 * np.einsum("...i,ij,...j->...", grid, matrix, grid)
+        ax.contour(gx, gy, loss, levels=15, colors="lightgray", linewidths=0.7)
+    for s, traj in drawn:
+        t = np.asarray(traj, dtype=float)
+        (line,) = ax.plot(t[:, 0], t[:, 1], lw=1.0, marker=".", ms=2, label=s.label)
+        ax.plot(t[0, 0], t[0, 1], "o", color=line.get_color(), ms=5)
+        ax.plot(t[-1, 0], t[-1, 1], "x", color=line.get_color(), ms=7)
+    ax.set_xlabel("w₁")
+    ax.set_ylabel("w₂")
+    ax.set_title(f"{section.title}: trajectories (o start, x end)", fontsize=10)
+    ax.legend(fontsize=7)
+    _layout(fig)
+    fig.savefig(path, dpi=DPI)
+    return True
+
+
+def _quadratic_matrix(section: Section) -> np.ndarray | None:
+    """The matrix ``A`` of ``L(w) = w^T A w / 2`` for the records' named 2-D problem."""
+    from geoptim.bench.tasks.quadratic import PROBLEMS
+
+    for s in section.series:
+        for problem in s.extra("problem"):
+            if problem in PROBLEMS:
+                return np.diag(PROBLEMS[problem])
+    return None

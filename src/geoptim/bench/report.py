@@ -1,0 +1,272 @@
+"""``DIR/report.md`` (+ PNGs and ``claims.json``), rebuilt from the records alone.
+
+Per task: test accuracy and train NLL at checkpoints (mean ± sample std over seeds, best mean in
+bold), time to a target accuracy, learning curves; grokking gaps and curves; quadratic
+trajectories; then the claims table with its statistical rule.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from geoptim.bench import claims, plots
+from geoptim.bench.records import (
+    canonical_json,
+    iter_records,
+    records_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
+from geoptim.bench.results import Section, Series, group
+
+CHECKPOINT_FRACTIONS = (0.25, 0.5, 1.0)
+TARGET_FRACTION = 0.95
+TARGET_RULE = (
+    f"target = {TARGET_FRACTION:.0%} of the best final mean test accuracy on the task, rounded "
+    "down to a whole percent; steps and training seconds (evaluation excluded) of the first "
+    "checkpoint at or above it, mean ± std over the runs that reached it"
+)
+
+
+def build_report(out_dir: str | Path) -> Path:
+    """Write ``out_dir/report.md`` (and its figures, ``claims.json``); return its path.
+
+    Raises ``FileNotFoundError`` when ``out_dir`` holds no record.
+    """
+    out_dir = Path(out_dir)
+    records = list(iter_records(out_dir))
+    if not records:
+        raise FileNotFoundError(f"no records in {records_dir(out_dir)}")
+    sections = group(records)
+    rows = claims.evaluate(sections)
+    write_json_atomic(out_dir / "claims.json", [row.to_dict() for row in rows])
+    parts = [_header(records), "## Claims\n", claims.markdown(rows)]
+    for section in sections:
+        parts.append(_section(section, out_dir))
+    path = out_dir / "report.md"
+    write_text_atomic(path, "\n".join(parts))
+    return path
+
+
+def _header(records: list[dict]) -> str:
+    suites = sorted({r.get("spec", {}).get("suite", "") for r in records} - {""})
+    versions = sorted({canonical_json(r.get("versions", {})) for r in records})
+    wall = sum(r.get("wall_time_s") or 0.0 for r in records)
+    return (
+        "# geoptim benchmark report\n\n"
+        f"{len(records)} runs (suite: {', '.join(suites) or 'n/a'}), {wall / 60:.1f} min of "
+        f"run time in all. Versions: {'; '.join(versions)}.\n\n"
+        "Every number is the mean ± sample standard deviation (ddof 1) over seeds; n is the "
+        "number of seeds. Best mean per column in **bold**. Built from the records alone "
+        "(`geoptim report DIR` rebuilds it).\n"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean, sample std (NaN for one value) and count of the finite values."""
+    a = np.asarray(values, dtype=float)
+    a = a[np.isfinite(a)]
+    if len(a) == 0:
+        return math.nan, math.nan, 0
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else math.nan, len(a)
+
+
+def fmt(mean: float, std: float, digits: int) -> str:
+    if not math.isfinite(mean):
+        return "–"
+    spread = f"{std:.{digits}f}" if math.isfinite(std) else "–"
+    return f"{mean:.{digits}f} ± {spread}"
+
+
+def checkpoints(section: Section) -> list[float]:
+    """The x values (steps or epochs) of the table's columns: the recorded checkpoints closest
+    to 25%, 50% and 100% of the run."""
+    axis = plots.x_axis(section)
+    for s in section.series:
+        curve = s.curve("train_loss", axis) or s.curve("test_acc", axis)
+        if curve is not None:
+            x = curve[0]
+            picks = [x[int(np.argmin(np.abs(x - f * x[-1])))] for f in CHECKPOINT_FRACTIONS]
+            return sorted(set(picks))
+    return []
+
+
+def values_at(series: Series, metric: str, axis: str, x: float) -> list[float]:
+    """Per seed, the metric at the last checkpoint at or before ``x``."""
+    curve = series.curve(metric, axis)
+    if curve is None:
+        return []
+    xs, values = curve
+    index = int(np.searchsorted(xs, x, side="right")) - 1
+    return list(values[:, index]) if index >= 0 else []
+
+
+def metric_table(section: Section, metric: str, scale: float, digits: int,
+                 higher_is_better: bool) -> str | None:
+    """Rows: series; columns: checkpoints. ``None`` when the metric was not recorded."""
+    axis = plots.x_axis(section)
+    cols = checkpoints(section)
+    cells = {s.label: [mean_std(np.array(values_at(s, metric, axis, x)) * scale) for x in cols]
+             for s in section.series}
+    if not cols or all(c[2] == 0 for row in cells.values() for c in row):
+        return None
+    header = "| optimizer | n | " + " | ".join(f"{axis} {x:g}" for x in cols) + " |"
+    lines = [header, "|---" * (len(cols) + 2) + "|"]
+    pick = max if higher_is_better else min
+    best = []  # per column, the best mean as shown (ties at the shown precision all win)
+    for j in range(len(cols)):
+        means = [round(row[j][0], digits) for row in cells.values() if row[j][2]]
+        best.append(pick(means) if means else None)
+    for s in section.series:
+        shown = []
+        for j, (mean, std, count) in enumerate(cells[s.label]):
+            text = fmt(mean, std, digits)
+            if count and round(mean, digits) == best[j]:
+                text = f"**{text}**"
+            shown.append(text)
+        note = f" ({s.diverged()} diverged)" if s.diverged() else ""
+        lines.append(f"| {s.label}{note} | {s.n} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
+
+
+def time_to_target(section: Section) -> tuple[float, str] | None:
+    """The target accuracy and a table of steps / seconds to reach it, with steps/s."""
+    finals = [mean_std(s.final("test_acc"))[0] for s in section.series]
+    finals = [f for f in finals if math.isfinite(f)]
+    if not finals:
+        return None
+    target = math.floor(TARGET_FRACTION * max(finals) * 100) / 100
+    lines = ["| optimizer | reached | steps | seconds | steps/s |", "|---|---|---|---|---|"]
+    for s in section.series:
+        steps, seconds = [], []
+        for record in s.records:
+            curves = record["result"].get("curves") or {}
+            acc, step, time_s = (curves.get(k) or [] for k in ("test_acc", "step", "time_s"))
+            hit = next((i for i, a in enumerate(acc) if a is not None and a >= target), None)
+            if hit is not None:
+                steps.append(step[hit] if hit < len(step) else math.nan)
+                seconds.append(time_s[hit] if hit < len(time_s) else math.nan)
+        rate = mean_std([r.get("steps_per_s") or math.nan for r in s.records])
+        lines.append(f"| {s.label} | {len(steps)}/{s.n} | {fmt(*mean_std(steps)[:2], 0)} | "
+                     f"{fmt(*mean_std(seconds)[:2], 2)} | {fmt(*rate[:2], 0)} |")
+    return target, "\n".join(lines)
+
+
+def grokking_table(section: Section) -> str | None:
+    if not any(s.extra("gap") for s in section.series if any(
+            e is not None for e in s.extra("train_reach_step"))):
+        return None
+    tau = next((t for s in section.series for t in s.extra("tau") if t is not None), None)
+    lines = [f"τ = {tau}. Gap = first step with test accuracy ≥ τ minus first step with train "
+             "accuracy ≥ τ; “≥” counts runs whose test accuracy never reached τ (gap taken as "
+             "steps − train-reach step, a lower bound). Bold: the smallest mean gap among the "
+             "optimizers all of whose runs reached τ on both.", "",
+             "| optimizer | n | train reaches τ (step) | test reaches τ (step) | gap (steps) |",
+             "|---|---|---|---|---|"]
+    gap_means = {s.label: mean_std(claims.grokking_gaps(s)[0])[0] for s in section.series}
+    complete = [s for s in section.series  # bold only among series every run of which counts
+                if len(claims.grokking_gaps(s)[0]) == s.n and not claims.grokking_gaps(s)[1]]
+    finite = [gap_means[s.label] for s in complete if math.isfinite(gap_means[s.label])]
+    smallest = min(finite) if finite else None
+    for s in section.series:
+        train = [v for v in s.extra("train_reach_step") if v is not None]
+        test = [v for v in s.extra("test_reach_step") if v is not None]
+        gaps, censored = claims.grokking_gaps(s)
+        gap = fmt(*mean_std(gaps)[:2], 0)
+        if s in complete and gap_means[s.label] == smallest:
+            gap = f"**{gap}**"
+        mark = f", {censored} ≥" if censored else ""
+        lines.append(f"| {s.label} | {s.n} | {fmt(*mean_std(train)[:2], 0)} ({len(train)}/{s.n})"
+                     f" | {fmt(*mean_std(test)[:2], 0)} ({len(test)}/{s.n}) | {gap} "
+                     f"({len(gaps)}/{s.n}{mark}) |")
+    return "\n".join(lines)
+
+
+def quadratic_table(section: Section) -> str | None:
+    if not any(any(e is not None for e in s.extra("steps_to_target")) for s in section.series):
+        return None
+    target = next((t for s in section.series for t in s.extra("target_loss") if t is not None),
+                  None)
+    lines = [f"Steps until the loss first falls below {target:.3g} (reached / runs), and the final "
+             "loss.", "", "| optimizer | n | steps to target | final loss |", "|---|---|---|---|"]
+    for s in section.series:
+        reached = [v for v in s.extra("steps_to_target") if v is not None]
+        final = mean_std(s.final("train_loss"))
+        lines.append(f"| {s.label} | {s.n} | {fmt(*mean_std(reached)[:2], 0)} "
+                     f"({len(reached)}/{s.n}) | {final[0]:.3g} |")
+    return "\n".join(lines)
+
+
+def hparams_table(section: Section) -> str:
+    lines = ["| optimizer | preset | hyper-parameters | budget |", "|---|---|---|---|"]
+    for s in section.series:
+        lines.append(f"| {s.label} | {s.preset} | `{canonical_json(s.hparams)}` | "
+                     f"`{canonical_json(section.budget)}` |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
+
+
+def _figure_groups(section: Section) -> list[tuple[str, list[Series]]]:
+    """The series drawn together: every preset-as-is series, then per hyper-parameter varied
+    on purpose (``p_max``, ``agr_until``) the series that vary it with their base series."""
+    groups = [("", [s for s in section.series if s.is_base])]
+    keys = sorted({key for s in section.series for key in s.variant})
+    for key in keys:
+        varied = [s for s in section.series if key in s.variant]
+        optimizers = {s.optimizer for s in varied}
+        base = [s for s in section.series if s.is_base and s.optimizer in optimizers]
+        groups.append((key, base + varied))
+    return [(key, members) for key, members in groups if members]
+
+
+def _section(section: Section, out_dir: Path) -> str:
+    slug = _slug(section.title)
+    parts = [f"## Task: {section.title}\n"]
+    acc = metric_table(section, "test_acc", 100.0, 2, higher_is_better=True)
+    if acc:
+        parts += ["### Test accuracy (%)\n", acc, ""]
+    nll = metric_table(section, "train_loss", 1.0, 4, higher_is_better=False)
+    if nll:
+        parts += ["### Train NLL\n" if acc else "### Train loss\n", nll, ""]
+    if section.task == "grokking":
+        table = grokking_table(section)
+        if table:
+            parts += ["### Grokking gap\n", table, ""]
+        name = f"{slug}_grokking.png"
+        if plots.grokking_curves(section, out_dir / name):
+            parts += [f"![grokking curves]({name})", ""]
+    quad = quadratic_table(section)
+    if quad:
+        parts += ["### Steps to target loss\n", quad, ""]
+    name = f"{slug}_trajectories.png"
+    if plots.trajectories(section, out_dir / name):
+        parts += [f"![trajectories]({name})", ""]
+    ttt = time_to_target(section)
+    if ttt and section.task != "quadratic":
+        target, table = ttt
+        parts += [f"### Time to {target:.0%} test accuracy\n", f"Rule: {TARGET_RULE}.\n", table,
+                  ""]
+    for key, members in _figure_groups(section):
+        name = f"{slug}_curves{'_' + _slug(key) if key else ''}.png"
+        title = f"{section.title}: learning curves" + (f" ({key} varied)" if key else "")
+        if plots.learning_curves(section, members, out_dir / name, title):
+            parts += [f"![{title}]({name})", ""]
+    parts += ["<details><summary>Hyper-parameters</summary>\n", hparams_table(section),
+              "\n</details>\n"]
+    return "\n".join(parts)
