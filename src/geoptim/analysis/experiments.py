@@ -1,4 +1,7 @@
-"""The analysis experiments of the full suite; each writes JSON and PNG files to ``out_dir``.
+"""The analysis experiments of the full suite; each returns a JSON-able payload and, given an
+``out_dir``, also writes it there as JSON with its figure (PNG). The benchmark runs them as run
+kinds ``"curvature"`` and ``"momentum_tracing"`` (:mod:`geoptim.bench.runner`) and redraws the
+figures from its records.
 
 * :func:`curvature_experiment`: train a task and record Hessian spectra at chosen epochs
   (``curvature.json``, ``curvature.png``: eigenvalue density against epoch, as figure 1 of the
@@ -53,7 +56,7 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 def curvature_experiment(
-    out_dir: str | Path,
+    out_dir: str | Path | None,
     *,
     task: str = "digits",
     task_options: dict[str, Any] | None = None,
@@ -78,8 +81,6 @@ def curvature_experiment(
     Returns (and writes as ``curvature.json``) the configuration, the records of
     :class:`CurvatureRecorder` and the training curves; plots ``curvature.png``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     options = dict(task_options or ({"model": "resnet"} if task == "digits" else {}))
     params = dict(hparams or CURVATURE_HPARAMS.get(optimizer, {"lr": 1e-3}))
     trainable = _trainable(task, options)
@@ -104,11 +105,18 @@ def curvature_experiment(
         "records": recorder.records,
         "training": {"curves": result["curves"], "final": result["final"]},
     }
-    _write_json(out / "curvature.json", payload)
-    label = ", ".join(f"{k}={v}" for k, v in options.items())
-    plot_curvature(recorder.records, out / "curvature.png",
-                   title=f"{task} ({label}), {optimizer}: Hessian spectrum over training")
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "curvature.json", payload)
+        plot_curvature(recorder.records, out / "curvature.png", title=curvature_title(config))
     return payload
+
+
+def curvature_title(config: dict[str, Any]) -> str:
+    """The curvature figure's title, from a payload's ``config``."""
+    label = ", ".join(f"{k}={v}" for k, v in config["task_options"].items())
+    return f"{config['task']} ({label}), {config['optimizer']}: Hessian spectrum over training"
 
 
 def tracing_summary(tracing: dict[str, list[Any]], quantile: dict[str, list[Any]],
@@ -126,7 +134,7 @@ def tracing_summary(tracing: dict[str, list[Any]], quantile: dict[str, list[Any]
 
 
 def momentum_tracing_experiment(
-    out_dir: str | Path,
+    out_dir: str | Path | None,
     *,
     runs: Sequence[tuple[str, str]] = TRACING_RUNS,
     lr: float = 1e-2,
@@ -147,8 +155,6 @@ def momentum_tracing_experiment(
     configuration, every run's histories, summary (:func:`tracing_summary`) and final
     metrics; plots ``momentum_tracing.png``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     hparams = {"lr": lr, "weight_decay": weight_decay, "lr_schedule": "constant"}
     results: dict[str, Any] = {}
     for optimizer, activation in runs:
@@ -172,7 +178,17 @@ def momentum_tracing_experiment(
                    "threshold": threshold, "seed": seed},
         "runs": results,
     }
-    _write_json(out / "momentum_tracing.json", payload)
-    plot_momentum_tracing(results, out / "momentum_tracing.png",
-                          title=f"digits ResNet, batch {batch_size}, lr {lr}, wd {weight_decay}")
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "momentum_tracing.json", payload)
+        plot_momentum_tracing(results, out / "momentum_tracing.png",
+                              title=tracing_title(payload["config"]))
     return payload
+
+
+def tracing_title(config: dict[str, Any]) -> str:
+    """The momentum-tracing figure's title, from a payload's ``config``."""
+    hparams = config["hparams"]
+    return (f"digits ResNet, batch {config['batch_size']}, lr {hparams['lr']}, "
+            f"wd {hparams['weight_decay']}")

@@ -34,7 +34,8 @@ class RunSpec:
     ``agr_until``); with ``optimizer`` it makes the row label in the report. ``suite`` and
     ``variant`` and ``preset`` (where the hyper-parameters came from: ``"paper"`` or
     ``"tuned"``) are bookkeeping only: they are not part of the run id. ``kind`` names the executor
-    (see :data:`geoptim.bench.runner.EXECUTORS`); every run today is a ``"train"`` run.
+    (see :data:`geoptim.bench.runner.EXECUTORS`): ``"train"``, or an analysis experiment
+    (``"curvature"``, ``"momentum_tracing"``) of the full suite.
     """
 
     task: str

@@ -42,12 +42,16 @@ def build_report(out_dir: str | Path) -> Path:
     records = list(iter_records(out_dir))
     if not records:
         raise FileNotFoundError(f"no records in {records_dir(out_dir)}")
-    sections = group(records)
+    training = [r for r in records if r["config"].get("kind", "train") == "train"]
+    analysis = [r for r in records if r["config"].get("kind", "train") != "train"]
+    sections = group(training)
     rows = claims.evaluate(sections)
     write_json_atomic(out_dir / "claims.json", [row.to_dict() for row in rows])
     parts = [_header(records), "## Claims\n", claims.markdown(rows)]
     for section in sections:
         parts.append(_section(section, out_dir))
+    if analysis:
+        parts.append(_analysis_section(analysis, out_dir))
     path = out_dir / "report.md"
     write_text_atomic(path, "\n".join(parts))
     return path
@@ -269,4 +273,48 @@ def _section(section: Section, out_dir: Path) -> str:
             parts += [f"![{title}]({name})", ""]
     parts += ["<details><summary>Hyper-parameters</summary>\n", hparams_table(section),
               "\n</details>\n"]
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Analysis experiments (full suite): curvature evolution and momentum tracing
+
+
+def _analysis_section(records: list[dict], out_dir: Path) -> str:
+    """Figures and tables of the ``curvature`` and ``momentum_tracing`` records, redrawn from
+    the records (:mod:`geoptim.analysis.plots`)."""
+    from geoptim.analysis.experiments import curvature_title, tracing_title
+    from geoptim.analysis.plots import plot_curvature, plot_momentum_tracing
+
+    parts = ["## Curvature and training dynamics\n"]
+    for record in sorted(records, key=lambda r: (r["config"]["kind"], r["label"], r["seed"])):
+        payload, kind = record["result"], record["config"]["kind"]
+        name = f"{_slug(kind + ' ' + record['task_label'] + ' ' + record['label'])}.png"
+        if kind == "curvature":
+            plot_curvature(payload["records"], out_dir / name,
+                           title=curvature_title(payload["config"]))
+            rows = ["| epoch | top eigenvalues | trace ± SE | λmax / mean\\|λ\\| | λmin |",
+                    "| --- | --- | --- | --- | --- |"]
+            rows += [
+                f"| {e['epoch']} | {', '.join(f'{v:.3g}' for v in e['top_eigenvalues'])} | "
+                f"{e['trace']:.3g} ± {e['trace_std_error']:.2g} | {e['anisotropy']:.3g} | "
+                f"{e['lambda_min']:.3g} |"
+                for e in payload["records"]
+            ]
+            parts += [f"### Hessian spectrum over training: {record['task_label']}, "
+                      f"{record['label']} (seed {record['seed']})\n", "\n".join(rows), "",
+                      f"![curvature]({name})", ""]
+        elif kind == "momentum_tracing":
+            runs = payload["runs"]
+            plot_momentum_tracing(runs, out_dir / name, title=tracing_title(payload["config"]))
+            rows = ["| run | BN-bias tracing events | other parameters | q95 \\|w\\| | test acc |",
+                    "| --- | --- | --- | --- | --- |"]
+            rows += [
+                f"| {label} | {run['summary']['bn_bias_total']} | "
+                f"{run['summary']['other_total']} | {run['summary']['quantile_final']:.3f} | "
+                f"{run['final'].get('test_acc', math.nan):.3f} |"
+                for label, run in runs.items()
+            ]
+            parts += [f"### Momentum tracing: {record['label']} (seed {record['seed']})\n",
+                      "\n".join(rows), "", f"![momentum tracing]({name})", ""]
     return "\n".join(parts)

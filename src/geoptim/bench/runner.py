@@ -42,7 +42,44 @@ def run_training(spec: RunSpec, progress: Callable[[float], None]) -> dict[str, 
                     progress=progress)
 
 
-EXECUTORS: dict[str, Executor] = {"train": run_training}
+def run_curvature(spec: RunSpec, progress: Callable[[float], None]) -> dict[str, Any]:
+    """The ``"curvature"`` executor: Hessian spectra over training
+    (:func:`geoptim.analysis.experiments.curvature_experiment`); ``budget`` gives ``epochs``,
+    ``at`` (the epochs to measure) and optionally the estimators' sizes (``k``,
+    ``hessian_samples``, ``slq_probes``, ``slq_steps``, ``trace_samples``)."""
+    from geoptim.analysis.experiments import curvature_experiment
+
+    sizes = {key: int(value) for key, value in spec.budget.items() if key in CURVATURE_SIZES}
+    return curvature_experiment(
+        None, task=spec.task, task_options=dict(spec.task_overrides), optimizer=spec.optimizer,
+        hparams=dict(spec.hparams), epochs=int(spec.budget["epochs"]),
+        at=tuple(spec.budget["at"]), seed=spec.seed, **sizes,
+    )
+
+
+CURVATURE_SIZES = ("k", "hessian_samples", "slq_probes", "slq_steps", "trace_samples")
+
+
+def run_momentum_tracing(spec: RunSpec, progress: Callable[[float], None]) -> dict[str, Any]:
+    """The ``"momentum_tracing"`` executor: ``spec.optimizer`` on the digits ResNet with ReLU
+    and with leaky ReLU, with the tracing monitors
+    (:func:`geoptim.analysis.experiments.momentum_tracing_experiment`); ``hparams`` give
+    ``lr`` and ``weight_decay`` (constant lr), ``budget`` the ``epochs``."""
+    from geoptim.analysis.experiments import momentum_tracing_experiment
+
+    runs = tuple((spec.optimizer, activation) for activation in ("relu", "leaky_relu"))
+    return momentum_tracing_experiment(
+        None, runs=runs, lr=float(spec.hparams["lr"]),
+        weight_decay=float(spec.hparams["weight_decay"]), epochs=int(spec.budget["epochs"]),
+        seed=spec.seed,
+    )
+
+
+EXECUTORS: dict[str, Executor] = {
+    "train": run_training,
+    "curvature": run_curvature,
+    "momentum_tracing": run_momentum_tracing,
+}
 """Run kinds and the function that runs each; a new kind of experiment registers here."""
 
 

@@ -30,7 +30,8 @@ class Experiment:
 
     ``variants`` are hyper-parameters applied over each optimizer's preset, one set of runs per
     variant; ``{}`` means the preset as is. ``budget`` overrides keys of the task's default
-    budget for the suite.
+    budget for the suite. ``kind`` is the run kind (:data:`geoptim.bench.runner.EXECUTORS`):
+    ``"train"``, or an analysis experiment.
     """
 
     name: str
@@ -40,6 +41,7 @@ class Experiment:
     task_overrides: dict[str, Any] = field(default_factory=dict)
     variants: tuple[Variant | VariantFn, ...] = ({},)
     budget: dict[str, Any] = field(default_factory=dict)
+    kind: str = "train"
 
     @property
     def is_sweep(self) -> bool:
@@ -104,6 +106,15 @@ SUITES: dict[str, tuple[Experiment, ...]] = {
         Experiment("quadratic", "quadratic", QUADRATIC, seeds=3),
         Experiment("quadratic", "quadratic", QUADRATIC, seeds=3,
                    task_overrides={"problem": "weak"}),
+        # The LPSGD paper's figure 1: the Hessian spectrum of the digits ResNet over training.
+        Experiment("curvature", "digits", ("sgdm", "lpsgdm"), seeds=1, kind="curvature",
+                   task_overrides={"model": "resnet"},
+                   budget={"epochs": 10, "at": (0, 1, 2, 5, 10)}),
+        # The SepNorm paper's figure 2 / appendix C: momentum tracing, Lion vs SepNorm, each
+        # with ReLU and leaky ReLU.
+        Experiment("momentum-tracing", "digits", ("lion", "sepnorm"), seeds=1,
+                   kind="momentum_tracing", task_overrides={"model": "resnet"},
+                   variants=({"lr": 1e-2, "weight_decay": 0.2},), budget={"epochs": 12}),
     ),
 }
 """Every suite by name."""
@@ -187,6 +198,7 @@ def build_specs(
                         variant=variant,
                         suite=suite,
                         preset=presets.source(exp.task, exp.task_overrides, optimizer),
+                        kind=exp.kind,
                     )
                     specs.setdefault(spec.run_id, spec)
     return list(specs.values())
