@@ -8,17 +8,23 @@ A concrete optimizer subclasses :class:`GeoOptimizer` and implements two methods
 
 ``_update`` dispatches to a pure functional kernel: a single-tensor reference or a multi-tensor
 (``torch._foreach_*``) fast path, chosen by the group's ``foreach`` flag (``None``: fast path).
+
+Sharded (DTensor) parameters reach ``_update`` as their local shards, with their layouts declared
+to :mod:`geoptim._stats` for the update's duration, so kernels need not know about sharding.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+
+from geoptim._stats import Layout, is_dtensor, layout_of, local, sharded
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -109,9 +115,15 @@ class GeoOptimizer(Optimizer):
     # -- shared
     def _collect(
         self, group: dict[str, Any]
-    ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
-        """The group's parameters that have a gradient, their gradients and their states."""
-        params, grads, states = [], [], []
+    ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]], list[Layout]]:
+        """The group's parameters that have a gradient, their gradients, their states and their
+        layouts (:func:`geoptim._stats.layout_of`).
+
+        For DTensor parameters (FSDP2), state is created like the parameter (so distributed
+        checkpointing sees DTensors), and the lists hold this rank's local shards: the kernels
+        update them in place, and :mod:`geoptim._stats` reduces their statistics across ranks.
+        """
+        params, grads, states, layouts = [], [], [], []
         for param in group["params"]:
             if param.grad is None:
                 continue
@@ -125,15 +137,25 @@ class GeoOptimizer(Optimizer):
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
                 self._init_state(param, state, group)
             state["step"] += 1
+            layouts.append(layout_of(param))
+            grad = param.grad
+            if is_dtensor(param):
+                param, grad, state = param.to_local(), grad.to_local(), local_state(state)
             params.append(param)
-            grads.append(-param.grad if group["maximize"] else param.grad)
+            grads.append(-grad if group["maximize"] else grad)
             states.append(state)
-        return params, grads, states
+        return params, grads, states, layouts
 
     def _step_groups(self) -> None:
         for group in self.param_groups:
-            params, grads, states = self._collect(group)
-            if params:
+            params, grads, states, layouts = self._collect(group)
+            if not params:
+                continue
+            if any(layouts):
+                # Sharded tensors take the multi-tensor path: every rank must reduce the same
+                # statistics, and the fused kernels pick tensors by their (local) size.
+                group = {**group, "fused": False}
+            with sharded(layouts):
                 self._update(group, params, grads, states)
 
     @torch.no_grad()
@@ -143,8 +165,22 @@ class GeoOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._step_groups()
+        with gradient_layouts(self.param_groups):
+            self._step_groups()
         return loss
+
+
+def local_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``state`` with every DTensor replaced by its local shard (same storage)."""
+    return {key: local(value) for key, value in state.items()}
+
+
+def gradient_layouts(param_groups: Sequence[dict[str, Any]]) -> AbstractContextManager[None]:
+    """:func:`geoptim._stats.sharded` for every parameter that has a gradient, across all
+    groups: the layouts of statistics over all gradients (Adan's global clip)."""
+    return sharded(
+        [layout_of(p) for group in param_groups for p in group["params"] if p.grad is not None]
+    )
 
 
 def use_foreach(group: dict[str, Any]) -> bool:

@@ -1,0 +1,153 @@
+"""``geoptim train``: train a benchmark task with one optimizer, on one process or many.
+
+One process::
+
+    geoptim train --task digits --optimizer sepnorm --lr 1e-3 --epochs 3
+
+Several processes (``torchrun`` sets the environment; gloo on CPU, NCCL with one GPU per
+process)::
+
+    torchrun --nproc_per_node 2 -m geoptim train --distributed fsdp2 \\
+        --task digits --optimizer ortsepnorm --lr 1e-3 --weight-decay 0.1 --epochs 3
+
+Every rank builds the same model and data (same seed); each global mini-batch is split across
+the ranks (:func:`geoptim.distributed.rank_slice`), so the run sees the same global batches as a
+single-process one. The lr schedule and the p schedule (``--hparam p_max=6`` for LPSGD/LPSGDM)
+are those of the benchmark (:func:`geoptim.bench.training.setup_optimizer`). Rank 0 prints one
+line per epoch and, with ``--out``, writes the metrics as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from geoptim.distributed import WRAPPERS, init_from_env, mean_over_ranks, rank_slice, wrap_model
+
+HELP = "train a benchmark task with one optimizer, on one process or under torchrun (DDP, FSDP2)"
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    """``key=value``, the value parsed as JSON when it is JSON (``0.9``, ``[0.9, 0.99]``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", default="digits", help="benchmark task (default: digits)")
+    parser.add_argument(
+        "--task-option",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a task option, e.g. model=vgg (repeatable)",
+    )
+    parser.add_argument("--optimizer", default="sepnorm", help="registry name (default: sepnorm)")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument(
+        "--hparam",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an optimizer keyword or schedule setting, e.g. betas=[0.9,0.99], "
+        "warmup_frac=0.05, lr_schedule=constant, p_max=6 (repeatable)",
+    )
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument(
+        "--batches-per-epoch", type=int, default=None, help="cap each epoch (smoke runs)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--distributed",
+        choices=WRAPPERS,
+        default="none",
+        help="data parallelism: none (one process), ddp or fsdp2 (run under torchrun)",
+    )
+    parser.add_argument(
+        "--backend", default=None, help="process-group backend (default: nccl on GPU, else gloo)"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="write the metrics here (JSON)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from geoptim.bench.tasks import get_task
+    from geoptim.bench.training import setup_optimizer
+
+    if args.epochs < 1:
+        raise SystemExit("--epochs must be >= 1")
+    distributed = args.distributed != "none"
+    joined_here = distributed and not dist.is_initialized()
+    if distributed:
+        device = init_from_env(args.backend)
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    is_main = not distributed or dist.get_rank() == 0
+
+    task = get_task(args.task, **dict(args.task_option))
+    data = task.make_data(args.seed)
+    if hasattr(data, "to"):
+        data.to(device)
+    model = wrap_model(task.make_model(args.seed), args.distributed, device)
+    steps = data.steps_per_epoch
+    if args.batches_per_epoch:
+        steps = min(steps, args.batches_per_epoch)
+    hparams = {"lr": args.lr, "weight_decay": args.weight_decay, **dict(args.hparam)}
+    setup = setup_optimizer(model, args.optimizer, hparams, args.epochs * steps, args.epochs)
+
+    history: list[dict[str, Any]] = []
+    for epoch in range(args.epochs):
+        model.train()
+        losses = []
+        for x, y in islice(data.train_batches(epoch), steps):
+            x, y = x.to(device), y.to(device)
+            if distributed:
+                x, y = rank_slice(x, y)
+            loss = task.loss_fn(model(x), y)
+            # the global mean, so that every rank stops together on divergence
+            losses.append(mean_over_ranks(loss) if distributed else loss.item())
+            if not math.isfinite(losses[-1]):
+                break
+            setup.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            setup.optimizer.step()
+            setup.lr_scheduler.step()
+        if setup.p_scheduler is not None:
+            setup.p_scheduler.step()
+        metrics = {"epoch": epoch + 1, "mean_batch_loss": sum(losses) / len(losses)}
+        metrics.update(data.evaluate(model))  # every rank: FSDP2 gathers weights in forward
+        history.append(metrics)
+        if is_main:
+            print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
+        if not math.isfinite(losses[-1]):
+            break
+
+    if is_main and args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        world = dist.get_world_size() if distributed else 1
+        record = {
+            "task": args.task,
+            "optimizer": args.optimizer,
+            "distributed": args.distributed,
+            "world_size": world,
+            "hparams": hparams,
+            "epochs": history,
+        }
+        args.out.write_text(json.dumps(record, indent=2))
+    if joined_here:
+        dist.destroy_process_group()
+    return 0
