@@ -24,18 +24,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from geoptim import _compiled
 from geoptim._base import (
     GeoOptimizer,
     ParamsT,
     check_betas,
     check_nonnegative,
-    use_foreach,
     working_copies,
     write_back,
 )
 from geoptim._stats import per_tensor_sums
 
-__all__ = ["Adan", "adan_multi", "adan_single"]
+__all__ = ["Adan", "adan_fused", "adan_multi", "adan_single"]
 
 
 def adan_single(
@@ -129,6 +129,47 @@ def adan_multi(
         write_back(targets, work)
 
 
+def adan_fused(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_diffs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    prev_grads: list[Tensor],
+    steps: list[float],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    eps: float,
+    weight_decay: float,
+    no_prox: bool,
+    clip: Tensor | float,
+) -> None:
+    """Fused kernel (:mod:`geoptim._compiled`): the arithmetic of :func:`adan_single` in one
+    pass over the six tensors; other tensors take :func:`adan_multi`."""
+    kwargs = {"lr": lr, "beta1": beta1, "beta2": beta2, "beta3": beta3, "eps": eps}
+    kwargs |= {"weight_decay": weight_decay, "no_prox": no_prox, "clip": clip}
+    columns = (params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads)
+    fused, rest = _compiled.split_fusable(*columns)
+    if rest:
+        adan_multi(*(_compiled.pick(c, rest) for c in (*columns, steps)), **kwargs)
+    if not fused:
+        return
+    decay = 1.0 - lr * weight_decay if no_prox and weight_decay != 0 else 1.0
+    prox = 1.0 + lr * weight_decay if not no_prox and weight_decay != 0 else 1.0
+    scalars = (1.0 - beta1, 1.0 - beta2, beta2, beta3, 1.0 - beta3, eps, decay, prox, float(clip))
+    fused_steps = _compiled.pick(steps, fused)
+    per_tensor = [
+        [(1.0 - beta3**s) ** 0.5 for s in fused_steps],
+        [-lr / (1.0 - beta1**s) for s in fused_steps],
+        [-lr * beta2 / (1.0 - beta2**s) for s in fused_steps],
+    ]
+    lists = [_compiled.pick(c, fused) for c in columns]
+    _compiled.launch_by_dtype("adan", lists, scalars, per_tensor, written=(0, 2, 3, 4, 5))
+
+
 class Adan(GeoOptimizer):
     r"""Adan (adaptive Nesterov momentum).
 
@@ -142,6 +183,8 @@ class Adan(GeoOptimizer):
         no_prox: see ``weight_decay``.
         max_grad_norm: if > 0, every gradient is scaled by
             ``min(1, max_grad_norm / (global_norm + eps))``, the global norm over all groups.
+        foreach, fused: as in :class:`geoptim.LPSGDM` (default: the one-pass fused kernel of
+            :mod:`geoptim._compiled` for float32/float64 CPU tensors).
 
     State per parameter: ``step``, ``exp_avg``, ``exp_avg_diff``, ``exp_avg_sq``,
     ``prev_grad`` (the previous clipped gradient; set to the first gradient at the first step).
@@ -159,6 +202,7 @@ class Adan(GeoOptimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = {
             "lr": check_nonnegative("lr", lr),
@@ -169,6 +213,7 @@ class Adan(GeoOptimizer):
             "max_grad_norm": check_nonnegative("max_grad_norm", max_grad_norm),
             "maximize": maximize,
             "foreach": foreach,
+            "fused": _compiled.check_fused(fused, foreach),
         }
         super().__init__(params, defaults)
 
@@ -208,7 +253,8 @@ class Adan(GeoOptimizer):
             if state["step"] == 1:  # g_prev starts as g, so the first difference is 0
                 state["prev_grad"].copy_(grad * clip)
         beta1, beta2, beta3 = group["betas"]
-        kernel = adan_multi if use_foreach(group) else adan_single
+        mode = _compiled.kernel_mode(group)
+        kernel = {"fused": adan_fused, "multi": adan_multi, "single": adan_single}[mode]
         kernel(
             params,
             grads,

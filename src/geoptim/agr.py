@@ -28,8 +28,9 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from geoptim._base import working_copies
-from geoptim._stats import per_tensor_sums
+from geoptim import _compiled
+from geoptim._base import gradient_layouts, working_copies
+from geoptim._stats import layout_of, like, local, per_tensor_sums, sharded
 from geoptim.adan import Adan
 
 __all__ = ["AdamWAGR", "AdanAGR", "agr", "agr_multi", "with_agr"]
@@ -45,16 +46,43 @@ def agr(grad: Tensor) -> Tensor:
     return g.abs().div_(-total).add_(1.0).mul_(g).to(grad.dtype)
 
 
-def agr_multi(grads: list[Tensor]) -> list[Tensor]:
-    """Multi-tensor :func:`agr` with foreach ops; new tensors, ``grads`` untouched."""
+def agr_multi(
+    grads: list[Tensor], *, fused: bool | None = None, owner: Tensor | None = None
+) -> list[Tensor]:
+    """Multi-tensor :func:`agr`; new tensors, ``grads`` untouched.
+
+    The sums go through :mod:`geoptim._stats`; then, unless ``fused=False``, every contiguous
+    float32/float64 CPU gradient is transformed by the fused kernel of :mod:`geoptim._compiled`
+    (one read of ``g``, one write of ``Psi(g)``) and the others with foreach ops, in the same
+    arithmetic as :func:`agr`. With ``owner`` (a tensor that lives as long as the gradients'
+    parameters, e.g. the first parameter) the fused results are views of a buffer kept for it
+    between calls (:func:`geoptim._compiled.workspace`), valid until the next call with the
+    same ``owner``; without, they are newly allocated."""
     g = working_copies(grads)
     totals = per_tensor_sums("abs", g)
     totals = totals.clamp_min(torch.finfo(totals.dtype).tiny).neg_()
-    psi = torch._foreach_abs(g)
-    torch._foreach_div_(psi, list(totals.unbind()))
-    torch._foreach_add_(psi, 1.0)
-    torch._foreach_mul_(psi, g)
-    return [p.to(orig.dtype) for p, orig in zip(psi, grads)]
+    fused_rows, rest = ([], list(range(len(g)))) if fused is False else _compiled.split_fusable(g)
+    out: list[Tensor] = list(g)
+    if fused_rows:
+        pick = _compiled.pick
+        sources = pick(g, fused_rows)
+        if owner is not None and all(x.dtype == sources[0].dtype for x in sources):
+            targets = _compiled.workspace(owner, sources)
+        else:
+            targets = [torch.empty_like(x) for x in sources]
+        neg_totals = pick(totals.tolist(), fused_rows)
+        _compiled.launch_by_dtype("agr", [sources, targets], (), [neg_totals])
+        for i, target in zip(fused_rows, targets):
+            out[i] = target
+    if rest:
+        sub = [g[i] for i in rest]
+        psi = torch._foreach_abs(sub)
+        torch._foreach_div_(psi, [totals[i] for i in rest])
+        torch._foreach_add_(psi, 1.0)
+        torch._foreach_mul_(psi, sub)
+        for i, p in zip(rest, psi):
+            out[i] = p
+    return [p.to(orig.dtype) for p, orig in zip(out, grads)]
 
 
 @cache
@@ -80,7 +108,8 @@ def with_agr(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
         @contextmanager
         def _agr_gradients(self) -> Iterator[None]:
             """Swap every ``p.grad`` for ``Psi(p.grad)`` (in groups where AGR is on) and
-            restore the user's gradients afterwards."""
+            restore the user's gradients afterwards. Sharded (DTensor) gradients are
+            transformed shard by shard, with their sums taken over the whole tensor."""
             originals: list[tuple[Tensor, Tensor]] = []
             for group in self.param_groups:
                 group["agr_step"] += 1
@@ -88,16 +117,24 @@ def with_agr(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
                 if until is not None and group["agr_step"] > until:
                     continue
                 params = [p for p in group["params"] if p.grad is not None]
+                if not params:  # e.g. a ZeroRedundancyOptimizer rank's share of a group
+                    continue
                 grads = [p.grad for p in params]
                 if any(g.is_sparse for g in grads):
                     raise RuntimeError("AGR does not support sparse gradients")
+                shards = [local(g) for g in grads]
+                layouts = [layout_of(p) for p in params]
                 if group.get("foreach") is False:
-                    transformed = [agr(g) for g in grads]
+                    transformed = []
+                    for shard, layout in zip(shards, layouts):
+                        with sharded([layout]):
+                            transformed.append(agr(shard))
                 else:
-                    transformed = agr_multi(grads)
+                    with sharded(layouts):
+                        transformed = agr_multi(shards)
                 for param, grad, psi in zip(params, grads, transformed):
                     originals.append((param, grad))
-                    param.grad = psi
+                    param.grad = like(grad, psi)
             try:
                 yield
             finally:
@@ -120,9 +157,10 @@ def with_agr(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
             if closure is not None:
                 with torch.enable_grad():
                     loss = closure()
-            raw = self._before_agr()
-            with torch.no_grad(), self._agr_gradients():
-                self._inner_step(raw)
+            with torch.no_grad(), gradient_layouts(self.param_groups):
+                raw = self._before_agr()
+                with self._agr_gradients():
+                    self._inner_step(raw)
             return loss
 
     AGROptimizer.__name__ = AGROptimizer.__qualname__ = f"{optimizer_cls.__name__}AGR"

@@ -23,6 +23,10 @@ Signum     :math:`\mathrm{sign}(m)` with :math:`\beta_1 = \beta_2 = \beta`
            (``momentum=0``: signSGD)
 ========== ==================================================================================
 
+Every class takes ``foreach`` and ``fused`` as :class:`geoptim.LPSGDM` does: by default the fused
+kernels of :mod:`geoptim._compiled` update every float32/float64 CPU tensor in one or two passes
+over memory.
+
 For OrtSepNorm every group's norm converges to
 :math:`\eta\sqrt{|l|}/\sqrt{2\eta\lambda - (\eta\lambda)^2}` whatever the loss.
 """
@@ -35,6 +39,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from geoptim import _compiled
 from geoptim._base import (
     GeoOptimizer,
     ParamsT,
@@ -42,11 +47,10 @@ from geoptim._base import (
     check_choice,
     check_nonnegative,
     check_unit_interval,
-    use_foreach,
     working_copies,
     write_back,
 )
-from geoptim._stats import per_tensor_sums
+from geoptim._stats import global_numels, per_tensor_sums
 
 __all__ = [
     "GROUPINGS",
@@ -55,6 +59,7 @@ __all__ = [
     "OrtSepNorm",
     "SepNorm",
     "Signum",
+    "sepnorm_fused",
     "sepnorm_multi",
     "sepnorm_single",
 ]
@@ -80,7 +85,7 @@ def _normalisation_scales(updates: Sequence[Tensor], direction: Direction, eps: 
     with ``n_l`` and ``||u_l||`` over the whole group for ``"global"``, and the plain
     ``1 / (||u|| + eps)`` for ``"global_norm"`` (NormSGD)."""
     sq = per_tensor_sums("sumsq", updates)
-    sizes = torch.tensor([u.numel() for u in updates], dtype=sq.dtype, device=sq.device)
+    sizes = torch.tensor(global_numels(updates), dtype=sq.dtype, device=sq.device)
     if direction == "tensor":
         return sizes.sqrt() / (sq.sqrt() + eps)
     norm = sq.sum().sqrt()
@@ -174,6 +179,64 @@ def sepnorm_multi(
     write_back(exp_avgs, m)
 
 
+def sepnorm_fused(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    eps: float,
+    direction: Direction,
+    orthogonal: bool,
+) -> None:
+    """Fused kernel (:mod:`geoptim._compiled`): the arithmetic of :func:`sepnorm_single`.
+
+    ``sign`` and ``element``: one pass, ``w, m <- f(w, g, m)``. The normalised directions need
+    the statistics of ``u`` first: one pass writes ``u`` (into a parameter-sized workspace kept
+    between steps, :func:`geoptim._compiled.workspace`) and the new ``m``, the statistics go
+    through :mod:`geoptim._stats` (the projection of OrtSepNorm is one in-place multi-tensor op
+    on ``u``), and a second pass applies ``w <- w decay - lr s u``.
+    Tensors the fused kernels do not take (and, for the global groupings, the whole group if
+    any of them) use :func:`sepnorm_multi`.
+    """
+    kwargs = {"lr": lr, "beta1": beta1, "beta2": beta2, "weight_decay": weight_decay, "eps": eps}
+    fused, rest = _compiled.split_fusable(params, grads, exp_avgs)
+    if rest and direction.startswith("global"):
+        fused, rest = [], list(range(len(params)))
+    if rest:
+        pick = _compiled.pick
+        sepnorm_multi(
+            pick(params, rest),
+            pick(grads, rest),
+            pick(exp_avgs, rest),
+            direction=direction,
+            orthogonal=orthogonal,
+            **kwargs,
+        )
+    if not fused:
+        return
+    w, g, m = (_compiled.pick(ts, fused) for ts in (params, grads, exp_avgs))
+    decay = 1.0 - lr * weight_decay if weight_decay != 0 else 1.0
+    if direction in ("sign", "element"):
+        flags = (direction == "element") | (2 * orthogonal)
+        scalars = (lr, 1.0 - beta1, 1.0 - beta2, decay, eps)
+        _compiled.launch_by_dtype("interp", [w, g, m], scalars, flags=flags, written=(0, 2))
+        return
+    if all(x.dtype == m[0].dtype for x in m):
+        updates = _compiled.workspace(m[0], m)
+    else:
+        updates = [torch.empty_like(x) for x in m]
+    _compiled.launch_by_dtype("split", [g, m, updates], (1 - beta1, 1 - beta2), written=(1,))
+    if orthogonal:
+        coefficients = _projection_coefficients(w, updates, direction)
+        torch._foreach_addcmul_(updates, w, list(coefficients.neg().unbind()))
+    scales = _normalisation_scales(updates, direction, eps).tolist()
+    _compiled.launch_by_dtype("scaled", [w, updates], (lr, decay), [scales], written=(0,))
+
+
 class _InterpolatedMomentum(GeoOptimizer):
     """Shared machinery; subclasses say which direction and whether to project."""
 
@@ -196,7 +259,8 @@ class _InterpolatedMomentum(GeoOptimizer):
         states: list[dict[str, Any]],
     ) -> None:
         beta1, beta2 = self._betas(group)
-        kernel = sepnorm_multi if use_foreach(group) else sepnorm_single
+        mode = _compiled.kernel_mode(group)
+        kernel = {"fused": sepnorm_fused, "multi": sepnorm_multi, "single": sepnorm_single}[mode]
         kernel(
             params,
             grads,
@@ -236,8 +300,16 @@ class Lion(_InterpolatedMomentum):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
-        defaults = _defaults(lr, betas, weight_decay, maximize=maximize, foreach=foreach)
+        defaults = _defaults(
+            lr,
+            betas,
+            weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+            fused=_compiled.check_fused(fused, foreach),
+        )
         super().__init__(params, defaults)
 
     def _direction(self, group: dict[str, Any]) -> Direction:
@@ -269,6 +341,7 @@ class SepNorm(_InterpolatedMomentum):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = _defaults(
             lr,
@@ -278,6 +351,7 @@ class SepNorm(_InterpolatedMomentum):
             grouping=check_choice("grouping", grouping, GROUPINGS),
             maximize=maximize,
             foreach=foreach,
+            fused=_compiled.check_fused(fused, foreach),
         )
         super().__init__(params, defaults)
 
@@ -314,6 +388,7 @@ class NormSGD(_InterpolatedMomentum):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = _defaults(
             lr,
@@ -322,6 +397,7 @@ class NormSGD(_InterpolatedMomentum):
             eps=check_nonnegative("eps", eps),
             maximize=maximize,
             foreach=foreach,
+            fused=_compiled.check_fused(fused, foreach),
         )
         super().__init__(params, defaults)
 
@@ -345,6 +421,7 @@ class Signum(_InterpolatedMomentum):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = {
             "lr": check_nonnegative("lr", lr),
@@ -352,6 +429,7 @@ class Signum(_InterpolatedMomentum):
             "weight_decay": check_nonnegative("weight_decay", weight_decay),
             "maximize": maximize,
             "foreach": foreach,
+            "fused": _compiled.check_fused(fused, foreach),
         }
         super().__init__(params, defaults)
 

@@ -31,17 +31,25 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from geoptim import _compiled
 from geoptim._base import (
     GeoOptimizer,
     ParamsT,
     check_nonnegative,
     check_unit_interval,
-    use_foreach,
     working_copies,
     write_back,
 )
 
-__all__ = ["LPSGD", "LPSGDM", "CosinePScheduler", "lp_exponent", "lpsgdm_multi", "lpsgdm_single"]
+__all__ = [
+    "LPSGD",
+    "LPSGDM",
+    "CosinePScheduler",
+    "lp_exponent",
+    "lpsgdm_fused",
+    "lpsgdm_multi",
+    "lpsgdm_single",
+]
 
 
 def check_p(name: str, value: float) -> float:
@@ -124,6 +132,36 @@ def lpsgdm_multi(
     write_back(params, w)
 
 
+def lpsgdm_fused(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor] | None,
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    p: float,
+    eps: float,
+) -> None:
+    """Fused kernel (:mod:`geoptim._compiled`): the arithmetic of :func:`lpsgdm_single` in one
+    pass, ``w, m <- f(w, g, m)``; other tensors take :func:`lpsgdm_multi`."""
+    kwargs = {"lr": lr, "momentum": momentum, "dampening": dampening}
+    kwargs |= {"weight_decay": weight_decay, "p": p, "eps": eps}
+    fused, rest = _compiled.split_fusable(params, grads, momentum_buffers)
+    if rest:
+        pick = _compiled.pick
+        lpsgdm_multi(pick(params, rest), pick(grads, rest), pick(momentum_buffers, rest), **kwargs)
+    if not fused:
+        return
+    rho = lp_exponent(p)
+    decay = 1.0 - lr * weight_decay if weight_decay != 0 else 1.0
+    lists = [_compiled.pick(ts, fused) for ts in (params, grads, momentum_buffers)]
+    flags = (momentum_buffers is not None) | (2 * (rho != 0))
+    scalars = (lr, momentum, 1.0 - dampening, decay, eps, rho)
+    _compiled.launch_by_dtype("lp", lists, scalars, flags=flags, written=(0, 2))
+
+
 class LPSGDM(GeoOptimizer):
     r"""l_p steepest descent with momentum (LPSGDM).
 
@@ -138,6 +176,9 @@ class LPSGDM(GeoOptimizer):
         eps: :math:`\epsilon` of the coordinate map.
         maximize: ascend instead of descend.
         foreach: ``None``/``True`` multi-tensor kernel, ``False`` single-tensor reference.
+        fused: ``True`` the fused one-pass kernel (:mod:`geoptim._compiled`) for every
+            contiguous CPU float32/float64 tensor (others: the multi-tensor kernel); ``None``
+            (default) the same unless ``foreach`` is given; ``False`` never.
 
     State per parameter: ``step``, ``momentum_buffer`` (starts at 0).
     """
@@ -156,6 +197,7 @@ class LPSGDM(GeoOptimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         if dampening is not None:
             dampening = check_nonnegative("dampening", dampening)
@@ -170,6 +212,7 @@ class LPSGDM(GeoOptimizer):
             "eps": check_nonnegative("eps", eps),
             "maximize": maximize,
             "foreach": foreach,
+            "fused": _compiled.check_fused(fused, foreach),
         }
         super().__init__(params, defaults)
 
@@ -186,7 +229,8 @@ class LPSGDM(GeoOptimizer):
     ) -> None:
         momentum = group["momentum"]
         dampening = momentum if group["dampening"] is None else group["dampening"]
-        kernel = lpsgdm_multi if use_foreach(group) else lpsgdm_single
+        mode = _compiled.kernel_mode(group)
+        kernel = {"fused": lpsgdm_fused, "multi": lpsgdm_multi, "single": lpsgdm_single}[mode]
         kernel(
             params,
             grads,
@@ -218,6 +262,7 @@ class LPSGD(LPSGDM):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -229,6 +274,7 @@ class LPSGD(LPSGDM):
             eps=eps,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
 
 
