@@ -1,14 +1,13 @@
 """The ``geoptim`` command line: one sub-command per module.
 
 Each sub-command module exposes ``HELP`` (one line), ``add_arguments(parser)`` and
-``run(args) -> int``; modules are imported only when their command runs or help is shown.
+``run(args) -> int``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 COMMANDS: dict[str, str] = {
@@ -27,8 +26,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module_name in COMMANDS.items():
-        if importlib.util.find_spec(module_name) is None:
-            continue
         module = importlib.import_module(module_name)
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(cmd)
