@@ -6,8 +6,10 @@ A concrete optimizer subclasses :class:`GeoOptimizer` and implements two methods
 * ``_update(group, params, grads, states)`` — one param group's update, given the parameters that
   have a gradient, their gradients (already negated when ``maximize``) and their state dicts.
 
-``_update`` dispatches to a pure functional kernel: a single-tensor reference or a multi-tensor
-(``torch._foreach_*``) fast path, chosen by the group's ``foreach`` flag (``None``: fast path).
+``_update`` dispatches to a pure functional kernel, chosen by the group's ``foreach`` and
+``fused`` flags (:func:`geoptim._compiled.kernel_mode`): the single-tensor reference
+(``foreach=False``), the multi-tensor ``torch._foreach_*`` path, or the fused one-pass CPU kernels
+(the default where they apply).
 
 Sharded (DTensor) parameters reach ``_update`` as their local shards, with their layouts declared
 to :mod:`geoptim._stats` for the update's duration, so kernels need not know about sharding.
@@ -181,8 +183,3 @@ def gradient_layouts(param_groups: Sequence[dict[str, Any]]) -> AbstractContextM
     return sharded(
         [layout_of(p) for group in param_groups for p in group["params"] if p.grad is not None]
     )
-
-
-def use_foreach(group: dict[str, Any]) -> bool:
-    """The group's ``foreach`` flag, ``None`` meaning the multi-tensor fast path."""
-    return group["foreach"] is not False

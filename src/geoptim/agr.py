@@ -130,8 +130,10 @@ def with_agr(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
                         with sharded([layout]):
                             transformed.append(agr(shard))
                 else:
+                    # Psi(g) lives in a buffer kept for the group's first parameter: a fresh
+                    # gradient-sized tensor every step costs more than the transform itself.
                     with sharded(layouts):
-                        transformed = agr_multi(shards)
+                        transformed = agr_multi(shards, owner=params[0])
                 for param, grad, psi in zip(params, grads, transformed):
                     originals.append((param, grad))
                     param.grad = like(grad, psi)
