@@ -10,22 +10,13 @@ anisotropy over training) to ``--out`` (default ``results/curvature/<task>_<opti
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any
+
+from geoptim.bench.cli_common import key_value
 
 HELP = "train a task and record Hessian spectra (top eigenvalues, trace, density) over epochs"
 
-
-def _key_value(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(raw)
-    except json.JSONDecodeError:
-        return key, raw
 
 
 def _epochs(text: str) -> list[int]:
@@ -41,13 +32,13 @@ def _epochs(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="digits", help="task name (default: digits)")
-    parser.add_argument("--option", type=_key_value, action="append", default=[],
+    parser.add_argument("--option", type=key_value, action="append", default=[],
                         metavar="KEY=VALUE",
                         help="task option, repeatable (default for digits: model=resnet)")
     parser.add_argument("--optimizer", default="sgdm", help="optimizer name (default: sgdm)")
     parser.add_argument("--lr", type=float, help="learning rate (default: per optimizer)")
     parser.add_argument("--weight-decay", type=float, help="weight decay (default: per optimizer)")
-    parser.add_argument("--hparam", type=_key_value, action="append", default=[],
+    parser.add_argument("--hparam", type=key_value, action="append", default=[],
                         metavar="KEY=VALUE", help="other hyper-parameter, repeatable")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs (default: 10)")
     parser.add_argument("--at", type=_epochs, default=[0, 1, 2, 5, 10],

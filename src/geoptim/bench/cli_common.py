@@ -1,4 +1,5 @@
-"""Argument types and checks shared by ``geoptim bench`` and ``geoptim tune``.
+"""Argument types and checks shared by the ``geoptim`` sub-commands (``bench``, ``tune``, and the
+``key=value`` type of ``curvature`` and ``train``).
 
 Every check runs before any training starts and fails with a :class:`ConfigError` that names the
 bad value and the accepted ones.
@@ -30,18 +31,28 @@ def positive_int(text: str) -> int:
     return value
 
 
+def key_value(text: str) -> tuple[str, Any]:
+    """argparse type: ``key=value``, the value read as JSON when it parses (``0.9``,
+    ``[0.9, 0.99]``), else kept as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except ValueError:
+        return key, raw
+
+
 def parse_task(text: str) -> TaskVariant:
     """``digits`` or ``digits:model=vgg,width=32`` (values read as JSON when they parse)."""
     name, _, rest = text.partition(":")
     overrides: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"bad task option {item!r} in {text!r}; expected key=value")
         try:
-            overrides[key] = json.loads(raw)
-        except ValueError:
-            overrides[key] = raw
+            key, value = key_value(item)
+        except argparse.ArgumentTypeError:
+            raise ConfigError(f"bad task option {item!r} in {text!r}; expected key=value") from None
+        overrides[key] = value
     return name.strip(), overrides
 
 

@@ -29,27 +29,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from geoptim.bench.cli_common import key_value
 from geoptim.distributed import WRAPPERS, init_from_env, mean_over_ranks, rank_slice, wrap_model
 
 HELP = "train a benchmark task with one optimizer, on one process or under torchrun (DDP, FSDP2)"
 
-
-def _key_value(text: str) -> tuple[str, Any]:
-    """``key=value``, the value parsed as JSON when it is JSON (``0.9``, ``[0.9, 0.99]``)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="digits", help="benchmark task (default: digits)")
     parser.add_argument(
         "--task-option",
-        type=_key_value,
+        type=key_value,
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -60,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument(
         "--hparam",
-        type=_key_value,
+        type=key_value,
         action="append",
         default=[],
         metavar="KEY=VALUE",
