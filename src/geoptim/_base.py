@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -167,19 +166,10 @@ class GeoOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        with gradient_layouts(self.param_groups):
-            self._step_groups()
+        self._step_groups()
         return loss
 
 
 def local_state(state: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``state`` with every DTensor replaced by its local shard (same storage)."""
     return {key: local(value) for key, value in state.items()}
-
-
-def gradient_layouts(param_groups: Sequence[dict[str, Any]]) -> AbstractContextManager[None]:
-    """:func:`geoptim._stats.sharded` for every parameter that has a gradient, across all
-    groups: the layouts of statistics over all gradients (Adan's global clip)."""
-    return sharded(
-        [layout_of(p) for group in param_groups for p in group["params"] if p.grad is not None]
-    )

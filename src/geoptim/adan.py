@@ -33,7 +33,7 @@ from geoptim._base import (
     working_copies,
     write_back,
 )
-from geoptim._stats import per_tensor_sums
+from geoptim._stats import layout_of, per_tensor_sums, sharded
 
 __all__ = ["Adan", "adan_fused", "adan_multi", "adan_single"]
 
@@ -229,12 +229,11 @@ class Adan(GeoOptimizer):
             max_norm, eps = self.param_groups[0]["max_grad_norm"], self.param_groups[0]["eps"]
         if max_norm == 0:
             return 1.0
-        grads = [
-            p.grad for group in self.param_groups for p in group["params"] if p.grad is not None
-        ]
-        if not grads:
+        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
             return 1.0
-        total = per_tensor_sums("sumsq", grads).sum().sqrt()
+        with sharded([layout_of(p) for p in params]):  # global over shards; FSDP1 raises
+            total = per_tensor_sums("sumsq", [p.grad for p in params]).sum().sqrt()
         return torch.clamp(max_norm / (total + eps), max=1.0)
 
     def _step_groups(self, clip: Tensor | float | None = None) -> None:

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from geoptim import _compiled
-from geoptim._base import gradient_layouts, working_copies
+from geoptim._base import working_copies
 from geoptim._stats import layout_of, like, local, per_tensor_sums, sharded
 from geoptim.adan import Adan
 
@@ -159,7 +159,7 @@ def with_agr(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
             if closure is not None:
                 with torch.enable_grad():
                     loss = closure()
-            with torch.no_grad(), gradient_layouts(self.param_groups):
+            with torch.no_grad():
                 raw = self._before_agr()
                 with self._agr_gradients():
                     self._inner_step(raw)
