@@ -77,6 +77,11 @@ def plot_curvature(records: Sequence[Mapping[str, Any]], path: str | Path,
     more = twin.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="center right")
     ax.set_title("curvature anisotropy")
+    return _save(fig, path, title)
+
+
+def _save(fig: Any, path: str | Path, title: str | None) -> Path:
+    """Title, lay out, write (dpi 120) and close ``fig``; return the path written."""
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -115,10 +120,4 @@ def plot_momentum_tracing(runs: Mapping[str, Mapping[str, Mapping[str, list[Any]
     for ax in axes:
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
