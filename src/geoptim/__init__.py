@@ -7,6 +7,7 @@ Signum/signSGD, Adan, and AGR in front of any optimizer. SGD-momentum and AdamW 
 
 from geoptim.adan import Adan
 from geoptim.agr import AdamWAGR, AdanAGR, agr, with_agr
+from geoptim.curvature_schedule import CurvaturePScheduler
 from geoptim.lion import Lion, NormSGD, OrtSepNorm, SepNorm, Signum
 from geoptim.lp import LPSGD, LPSGDM, CosinePScheduler
 from geoptim.registry import create_optimizer, list_optimizers, param_groups
@@ -18,6 +19,7 @@ __all__ = [
     "Adan",
     "AdanAGR",
     "CosinePScheduler",
+    "CurvaturePScheduler",
     "Lion",
     "NormSGD",
     "OrtSepNorm",
