@@ -9,24 +9,30 @@ all directions are alike, ``n`` when one direction carries everything.
 
 * ``estimator="hessian"``: ``lanczos_steps`` Lanczos steps (Hessian-vector products by double
   backward) on the loss that the closure returns, started from a Rademacher vector :math:`z`
-  (entries :math:`\pm 1`). The Ritz values :math:`\theta_j` and the squared first components
-  :math:`w_j` of the eigenvectors of the tridiagonal matrix give
+  (entries :math:`\pm 1`). The Ritz values :math:`\theta_1 \le \dots \le \theta_m` and the squared
+  first components :math:`w_j` of the eigenvectors of the tridiagonal matrix (the weights of
+  stochastic Lanczos quadrature, summing to 1) give
 
   .. math::
 
-      \lambda_{max} \approx \max_j \theta_j, \qquad
-      \bar\lambda = \frac{1}{n} \operatorname{tr}|H| \approx \sum_j w_j |\theta_j|, \qquad
+      \lambda_{max} \approx \theta_m, \qquad
+      \bar\lambda = \frac{\operatorname{tr}|H|}{n} \approx \frac{|\theta_m|}{n}
+      + \Bigl(1 - \frac1n\Bigr) \frac{\sum_{j<m} w_j |\theta_j|}{\sum_{j<m} w_j}, \qquad
       a = \frac{\lambda_{max}}{\bar\lambda},
 
-  the largest eigenvalue over the mean absolute eigenvalue (stochastic Lanczos quadrature with
-  one probe: :math:`z^\top |H| z / n` is an unbiased estimate of :math:`\operatorname{tr}|H|/n`).
-  The bulk is the mean of :math:`|\lambda|`, not the Hutchinson mean :math:`\operatorname{tr} H/n`,
-  because negative eigenvalues would cancel positive ones there and the ratio could change sign;
-  one Lanczos run yields both numbers, and at equal products Lanczos finds :math:`\lambda_{max}`
-  faster than power iteration (hence no separate power estimator). On a diagonal Hessian the
-  quadrature is exact once the steps cover the distinct eigenvalues. Cost:
-  ``lanczos_steps + 1`` backward passes and ``lanczos_steps`` stored vectors, every ``interval``
-  steps.
+  the largest eigenvalue over the mean absolute eigenvalue: the ``anisotropy`` that
+  :mod:`geoptim.analysis.curvature` records offline, here from one probe. One-probe quadrature
+  :math:`\sum_j w_j |\theta_j|` is unbiased, but when a sharp direction carries most of
+  :math:`\operatorname{tr}|H|` its weight :math:`w_m` (about :math:`\chi^2_1 / n`) makes the
+  estimate swing by a factor of two; replacing :math:`w_m` by its expectation :math:`1/n` leaves
+  only the noise of the bulk's weighted mean. On a diagonal Hessian a Rademacher probe gives
+  every eigenvector the weight :math:`1/n` exactly, and the estimate is exact once the steps cover
+  the distinct eigenvalues. The bulk is the mean of :math:`|\lambda|`, not the Hutchinson mean
+  :math:`\operatorname{tr} H/n`, so negative eigenvalues add to the bulk instead of cancelling
+  positive ones; one Lanczos run yields both numbers, and at equal products Lanczos finds
+  :math:`\lambda_{max}` faster than power iteration (hence no separate power estimator). Cost: one
+  backward pass with its graph, ``lanczos_steps`` double-backward products and as many stored
+  vectors, every ``interval`` steps.
 * ``estimator="gradient"``: the spread across coordinates of the root mean square gradient. An
   EMA :math:`v \leftarrow \beta_2 v + (1-\beta_2) g^2` (Adam's second moment, kept here) is
   updated every step and, every ``interval`` steps, reduced to
@@ -162,8 +168,14 @@ def hessian_anisotropy(
         off = torch.tensor(betas, dtype=torch.float64)
         tridiagonal += torch.diag(off, 1) + torch.diag(off, -1)
     ritz, vectors = torch.linalg.eigh(tridiagonal)
-    lambda_max = float(ritz.max())
-    mean_abs = float((vectors[0].square() * ritz.abs()).sum())
+    weights = vectors[0].square()
+    lambda_max, top_weight = float(ritz[-1]), float(weights[-1])
+    rest_weight = 1.0 - top_weight
+    if rest_weight > breakdown:
+        rest_mean = float((weights[:-1] * ritz[:-1].abs()).sum()) / rest_weight
+    else:  # the probe is an eigenvector: treat the rest of the spectrum as alike
+        rest_mean = abs(lambda_max)
+    mean_abs = abs(lambda_max) / n + (1 - 1 / n) * rest_mean
     anisotropy = lambda_max / mean_abs if mean_abs > 0 else math.nan
     return {"anisotropy": anisotropy, "lambda_max": lambda_max, "mean_abs_eigenvalue": mean_abs}
 
