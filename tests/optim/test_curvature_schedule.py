@@ -294,3 +294,64 @@ def test_needs_an_lp_optimizer():
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     with pytest.raises(ValueError, match="'p'"):
         geoptim.CurvaturePScheduler(opt, p_max=6.0)
+
+
+def _fsdp2_worker(rank, port, outdir):
+    """Rank ``rank`` of 2: the gradient estimate of an FSDP2-sharded toy model against a
+    single-process copy trained on the same global batches."""
+    import json
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from tests.distributed.checks import global_batch, local_batch, loss_fn, shard_toy, toy_model
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    model = shard_toy(toy_model(), init_device_mesh("cpu", (2,)))
+    reference = toy_model()
+    pairs = []
+    for net in (model, reference):
+        opt = geoptim.LPSGDM(net.parameters(), lr=0.05, p=6.0)
+        pairs.append((net, opt, geoptim.CurvaturePScheduler(opt, 6.0, interval=1, a_hi=100.0)))
+    rows = []
+    for step in range(3):
+        for (net, opt, sched), batch in zip(pairs, (local_batch(step), global_batch(step))):
+            opt.zero_grad()
+            loss_fn(net, batch).backward()
+            opt.step()
+            sched.step()
+        sharded_sched, reference_sched = pairs[0][2], pairs[1][2]
+        buffers = list(sharded_sched.second_moments.values())
+        rows.append(
+            {
+                "sharded": sharded_sched.last_measurement["anisotropy"],
+                "reference": reference_sched.last_measurement["anisotropy"],
+                "naive": gradient_anisotropy(buffers),  # this rank's shards as whole tensors
+                "p": [sharded_sched.p, reference_sched.p],
+            }
+        )
+    with open(f"{outdir}/rank{rank}.json", "w") as file:
+        json.dump(rows, file)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_gradient_estimate_of_an_fsdp2_model_equals_the_unsharded_one(tmp_path):
+    import json
+
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    from tests.distributed.harness import free_port
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("needs torch.distributed gloo")
+    mp.spawn(_fsdp2_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        rows = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        for row in rows:
+            assert row["sharded"] == pytest.approx(row["reference"], rel=1e-10)
+            assert row["p"][0] == pytest.approx(row["p"][1], rel=1e-10)
+            assert abs(row["naive"] - row["reference"]) > 1e-3 * row["reference"]
+        assert rows[-1]["p"][1] < 6.0
