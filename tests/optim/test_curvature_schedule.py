@@ -177,6 +177,18 @@ def test_calibration_from_the_first_estimate_and_the_map():
     assert sched.get_p(math.sqrt(sched.a_hi)) == pytest.approx(4.5)  # halfway on a log scale
 
 
+def test_an_anisotropy_falling_along_a_cosine_gives_the_cosine_schedule():
+    """The map is linear in log a: a log anisotropy on a half cosine from a_hi to a_lo gives
+    CosinePScheduler's p (the sense in which cosine annealing is a special case)."""
+    w = torch.zeros(1, requires_grad=True)
+    cosine = geoptim.CosinePScheduler(geoptim.LPSGDM([w]), p_max=8.0, T_max=10)
+    sched = geoptim.CurvaturePScheduler(geoptim.LPSGDM([w]), 8.0, a_lo=2.0, a_hi=500.0)
+    for k in range(12):
+        fraction = (1 + math.cos(math.pi * min(k, 10) / 10)) / 2
+        anisotropy = math.exp(math.log(2.0) + fraction * math.log(250.0))
+        assert sched.get_p(anisotropy) == pytest.approx(cosine.get_p(k), abs=1e-12)
+
+
 def _mlp_run(estimator, steps, resume_at=None):
     """LPSGDM + CurvaturePScheduler on a small MLP; with ``resume_at``, everything is saved
     at that step and the run continues from fresh objects loaded from the saved state."""
