@@ -200,7 +200,8 @@ class CurvaturePScheduler:
             ``backward``; its side effects, such as BatchNorm statistics in training mode, are
             the caller's; single process only, as each rank would measure its own batch).
         interval: estimate every ``interval`` steps (default 10 for ``"gradient"``, 100 for
-            ``"hessian"``, whose estimate costs about ``lanczos_steps`` training steps).
+            ``"hessian"``, whose estimate costs about 1.5 to 3 times ``lanczos_steps`` training
+            steps).
         smoothing: EMA coefficient in [0, 1) of the log anisotropy (0: the latest estimate).
         a_lo, a_hi: the anisotropies mapped to ``p_min`` and ``p_max``; ``a_hi=None``: the
             first smoothed estimate.
@@ -362,6 +363,7 @@ class CurvaturePScheduler:
         self._apply()
 
     def get_last_p(self) -> list[float]:
+        """Every param group's current ``p``."""
         return [group["p"] for group in self.optimizer.param_groups]
 
     def state_dict(self) -> dict[str, Any]:
