@@ -159,8 +159,9 @@ def hessian_anisotropy(
         w = hvp(basis[-1])
         alphas.append(_dot(w, basis[-1]))
         for _ in range(2):  # classical Gram-Schmidt against the whole basis, twice
-            for q in basis:
-                torch._foreach_add_(w, q, alpha=-_dot(w, q))
+            coefficients = torch.stack([per_tensor_sums("dot", w, q).double().sum() for q in basis])
+            for q, coefficient in zip(basis, coefficients.tolist()):
+                torch._foreach_add_(w, q, alpha=-coefficient)
         beta = math.sqrt(max(_dot(w, w), 0.0))
         scale = max(max(abs(a) for a in alphas), max(betas, default=0.0))
         if step == steps - 1 or beta <= breakdown * scale:

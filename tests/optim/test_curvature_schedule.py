@@ -271,6 +271,29 @@ def test_with_lpsgdm_changes_nothing_but_p(estimator):
     assert 2.0 <= sched.p < 5.0 and losses[-1] < 0.5 * losses[0]
 
 
+def test_hessian_closure_is_called_only_on_estimation_steps():
+    w = torch.ones(3, requires_grad=True)
+    sched = geoptim.CurvaturePScheduler(geoptim.LPSGDM([w]), 6.0, estimator="hessian", interval=4)
+    calls = []
+
+    def loss():
+        calls.append(sched.last_epoch)
+        return (w**4).sum()
+
+    for _ in range(9):
+        sched.step(loss)
+    assert calls == [4, 8] and sched.last_measurement["lambda_max"] == pytest.approx(12.0)
+
+
+def test_bfloat16_gradients_accumulate_in_float32():
+    w = torch.zeros(4, dtype=torch.bfloat16, requires_grad=True)
+    sched = geoptim.CurvaturePScheduler(geoptim.LPSGDM([w]), 6.0, interval=1, a_hi=4.0)
+    w.grad = torch.tensor([3.0, 1.0, 1.0, 1.0], dtype=torch.bfloat16)
+    sched.step()
+    assert sched.second_moments[0].dtype == torch.float32
+    assert sched.last_measurement["anisotropy"] == pytest.approx(4 * 12 / 36)
+
+
 def test_step_arguments():
     w = torch.zeros(2, requires_grad=True)
     hessian = geoptim.CurvaturePScheduler(geoptim.LPSGDM([w]), 6.0, estimator="hessian", interval=1)
