@@ -428,23 +428,23 @@ def _load_or_build(notes: list[str]) -> ctypes.CDLL:
     if platform.system() != "Linux":
         raise Unavailable("fused kernels are built on Linux only")
     name = library_name()
-    cache = _open_cache(notes)
+    cache_fd, cache_dir = _open_cache(notes) or (None, None)
     try:
-        if cache is not None:
+        if cache_fd is not None:
             try:
-                return _load(cache[0], name)
+                return _load(cache_fd, name)
             except FileNotFoundError:
                 pass
             except (OSError, AttributeError, Unavailable) as exc:
-                notes.append(f"cached library {cache[1] / name} not used ({exc})")
+                notes.append(f"cached library {os.path.join(cache_dir, name)} not used ({exc})")
         if os.environ.get("GEOPTIM_NO_BUILD") == "1":
             raise Unavailable("GEOPTIM_NO_BUILD=1 and no usable cached library")
         with tempfile.TemporaryDirectory(prefix="geoptim-build-") as build:
             built = _compile(Path(build))
-            if cache is not None:
+            if cache_fd is not None:
                 try:
-                    _install(Path(build), built, cache[0], name)
-                    return _load(cache[0], name)
+                    _install(Path(build), built, cache_fd, name)
+                    return _load(cache_fd, name)
                 except OSError as exc:
                     notes.append(f"could not write the cache ({exc})")
             build_fd = os.open(build, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -453,14 +453,14 @@ def _load_or_build(notes: list[str]) -> ctypes.CDLL:
             finally:
                 os.close(build_fd)
     finally:
-        if cache is not None:
-            os.close(cache[0])
+        if cache_fd is not None:
+            os.close(cache_fd)
 
 
 def library() -> ctypes.CDLL | None:
     """The fused kernels' library, loaded or built on first use; ``None`` if that fails. At
     most one warning per process: when the library is unavailable (every optimizer then uses
-    its multi-tensor path), or when it was built without the cache."""
+    its multi-tensor path), or when the cache was refused or a cached library replaced."""
     global _library, _tried
     with _lock:
         if not _tried:

@@ -6,10 +6,13 @@ marker file: the marker's absence proves it never ran in this process.
 
 import os
 import pwd
+import shlex
 import shutil
 import stat
 import subprocess
+import tempfile
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,29 +134,59 @@ def test_library_planted_by_another_user_is_never_loaded(fresh, libraries, tmp_p
     _assert_reference_result()
 
 
-def test_the_shared_temp_dir_is_never_trusted(fresh, libraries, tmp_path, monkeypatch):
-    """No usable home: the cache is ``geoptim-<uid>`` in the temporary directory, and one
-    another user made there first is refused; the old shared name is never looked at."""
-    nobody = _nobody()
-    shared = tmp_path / "shared"
-    shared.mkdir()
+@pytest.fixture
+def shared_temp_dir(monkeypatch):
+    """A sticky world-writable directory outside pytest's private ``tmp_path`` (so that other
+    users can reach it), used as the temporary directory."""
+    shared = Path(tempfile.mkdtemp(prefix="geoptim-shared-"))
     shared.chmod(0o1777)
     monkeypatch.setattr("tempfile.tempdir", str(shared))
+    yield shared
+    shutil.rmtree(shared)
+
+
+def _plant_as_nobody(library, targets) -> None:
+    """Copy ``library`` to each target, creating its directory (mode 0777) if needed, as user
+    ``nobody``: with ``setpriv`` where available, else as root and then ``chown``."""
+    nobody = _nobody()
+    if shutil.which("setpriv"):
+        readable = targets[0].parent / "planted-source.so"
+        shutil.copy(library, readable)
+        readable.chmod(0o644)
+        script = " && ".join(
+            f"mkdir -p -m 777 {shlex.quote(str(t.parent))} && "
+            f"cp {shlex.quote(str(readable))} {shlex.quote(str(t))}"
+            for t in targets
+        )
+        user = [f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"]
+        subprocess.run(["setpriv", *user, "sh", "-c", script], check=True)
+        readable.unlink()
+    else:
+        for target in targets:
+            if not target.parent.exists():
+                target.parent.mkdir(mode=0o777)
+                os.chown(target.parent, nobody.pw_uid, nobody.pw_gid)
+            shutil.copy(library, target)
+            os.chown(target, nobody.pw_uid, nobody.pw_gid)
+    assert all(os.stat(t).st_uid == nobody.pw_uid for t in targets)
+
+
+def test_the_shared_temp_dir_is_never_trusted(
+    fresh, libraries, tmp_path, monkeypatch, shared_temp_dir
+):
+    """No usable home: the cache is ``geoptim-<uid>`` in the temporary directory, and one
+    another user made there first is refused; the old shared name is never looked at."""
     monkeypatch.delenv("GEOPTIM_CACHE")
     (tmp_path / "home").write_text("a file, so no cache directory can be made under it")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home"))
     name = _compiled.library_name()
-    for planted in (shared / name, shared / f"geoptim-{os.geteuid()}" / name):
-        planted.parent.mkdir(mode=0o777, exist_ok=True)
-        shutil.copy(libraries / "planted.so", planted)
-        os.chown(planted, nobody.pw_uid, nobody.pw_gid)
-        os.chown(planted.parent, nobody.pw_uid, nobody.pw_gid)
-    os.chown(shared, 0, 0)
+    squatted = shared_temp_dir / f"geoptim-{os.geteuid()}"
+    _plant_as_nobody(libraries / "planted.so", [shared_temp_dir / name, squatted / name])
     lib, messages = _load()
     assert not (tmp_path / "marker").exists()
     assert lib is not None  # built for this process alone
-    assert len(messages) == 1 and "refused" in messages[0]
-    assert sorted(os.listdir(shared / f"geoptim-{os.geteuid()}")) == [name]  # untouched
+    assert len(messages) == 1 and f"cache directory {squatted} refused" in messages[0]
+    assert os.listdir(squatted) == [name]  # untouched
     _assert_reference_result()
 
 
