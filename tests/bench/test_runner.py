@@ -57,7 +57,10 @@ def test_execute_writes_one_record_per_run_and_resumes(fake, tmp_path, workers):
         rec = done[s.run_id]
         assert rec["config"] == json.loads(json.dumps(s.config()))
         assert rec["seed"] == s.seed and rec["label"] == s.optimizer
-        assert set(rec["versions"]) == {"python", "torch", "numpy", "geoptim"}
+        assert set(rec["versions"]) == {"python", "geoptim", *records.LIBRARIES}
+        assert rec["suite"] == s.suite and rec["schema"] == records.SCHEMA_VERSION
+        assert len(rec["provenance"]["source_hash"]) == 16
+        records.check_schema(rec)
         assert rec["wall_time_s"] > 0 and rec["steps_per_s"] > 0
         assert rec["result"]["final"]["test_acc"] == rec["result"]["curves"]["test_acc"][-1]
     assert len(executions(fake)) == 6
