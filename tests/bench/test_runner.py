@@ -160,3 +160,105 @@ def test_quick_suite_covers_every_claim_with_three_seeds():
     assert late and all(0 < s.hparams["agr_until"] < 132 for s in late)  # digits: 6 x 22 steps
     p_max = {s.hparams["p_max"] for s in todo if s.task == "digits" and s.optimizer == "lpsgdm"}
     assert len(p_max) >= 4
+
+
+# --- records checked when read, suites, concurrent writers ------------------------------------
+
+
+def test_an_edited_record_is_warned_about_and_rerun(fake, tmp_path, capsys):
+    out = tmp_path / "out"
+    todo = specs(1)
+    runner.execute(todo, out, quiet=True)
+    path = records.record_path(out, todo[0].run_id)
+    data = json.loads(path.read_text())
+    data["config"]["seed"] = 7
+    path.write_text(json.dumps(data))
+    capsys.readouterr()
+    summary = runner.execute(todo, out, quiet=True)
+    assert [o.spec for o in summary.ran] == [todo[0]] and summary.skipped == 1
+    assert f"record {path.name} does not match its config" in capsys.readouterr().out
+    assert records.read_record(path)["config"]["seed"] == 0
+    assert len(executions(fake)) == 3
+
+
+def test_another_versions_record_is_rerun_unless_accepted(fake, tmp_path, capsys):
+    out = tmp_path / "out"
+    todo = specs(1)
+    runner.execute(todo, out, quiet=True)
+    path = records.record_path(out, todo[1].run_id)
+    data = json.loads(path.read_text())
+    data["versions"]["geoptim"] = "0.0.1"
+    path.write_text(json.dumps(data))
+    assert runner.execute(todo, out, quiet=True, accept_other_versions=True).ran == []
+    capsys.readouterr()
+    summary = runner.execute(todo, out, quiet=True)
+    assert [o.spec for o in summary.ran] == [todo[1]]
+    assert "1 record(s) were written by another geoptim version" in capsys.readouterr().out
+
+
+def test_report_picks_the_suite_and_leaves_other_versions_out(fake, tmp_path, capsys):
+    from geoptim.cli import main
+
+    out = tmp_path / "out"
+    quick = [RunSpec(**{**s.to_dict(), "suite": "quick"}) for s in specs(2)]
+    full = [RunSpec(**{**s.to_dict(), "suite": "full", "seed": s.seed + 5}) for s in specs(3)]
+    runner.execute(quick, out, quiet=True)
+    runner.execute(full, out, quiet=True)
+    assert main(["report", str(out)]) == 0  # the suite last run: full
+    assert "6 runs (suite: full)" in (out / "report.md").read_text()
+    assert main(["report", str(out), "--suite", "quick"]) == 0
+    assert "4 runs (suite: quick)" in (out / "report.md").read_text()
+
+    path = records.record_path(out, quick[0].run_id)
+    data = json.loads(path.read_text())
+    data["versions"]["geoptim"] = "0.0.1"
+    path.write_text(json.dumps(data))
+    assert main(["report", str(out), "--suite", "quick"]) == 0
+    text = (out / "report.md").read_text()
+    assert "3 runs (suite: quick)" in text and "--accept-other-versions" in text
+    assert main(["report", str(out), "--suite", "quick", "--accept-other-versions"]) == 0
+    assert "4 runs (suite: quick)" in (out / "report.md").read_text()
+    assert main(["report", str(out), "--suite", "standard"]) == 2
+    assert "no records of suite 'standard'" in capsys.readouterr().err
+
+
+def test_a_second_writer_on_a_locked_directory_stops_with_one_line(fake, tmp_path, capsys):
+    from geoptim.cli import main
+
+    out = tmp_path / "out"
+    with runner.directory_lock(out):
+        with pytest.raises(runner.DirectoryBusy, match=f"{out} is in use by geoptim bench"):
+            runner.execute(specs(1), out, quiet=True)
+        assert main(["bench", "--tasks", "fake", "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("geoptim bench: error: ") and "--wait" in err[0]
+    assert executions(fake) == [] and not records.records_dir(out).exists()
+
+
+def test_a_second_writer_with_wait_runs_nothing_twice_and_spares_live_temp_files(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "FAKE_TASK_DELAY": "0.3", "FAKE_TASK_LOG": str(tmp_path / "log")}
+    first = subprocess.Popen(_bench_command(out), env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    folder = records.records_dir(out)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (folder.is_dir() and any(folder.glob("*.json"))):
+        time.sleep(0.01)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        here = records.temp_name("x").split("~")[1]
+        in_flight = folder / f".inflight~{here}~{sleeper.pid}~00.tmp"
+        in_flight.write_text("{")
+        second = subprocess.run([*_bench_command(out), "--wait"], env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert first.wait(timeout=60) == 0, first.stderr.read().decode()
+        assert second.returncode == 0, second.stderr
+        assert "waiting for geoptim bench (pid" in second.stderr
+        assert "0 runs done, 12 already recorded" in second.stdout
+        assert in_flight.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        first.stderr.close()
+    runs = [(e["optimizer"], e["seed"]) for e in executions(tmp_path / "log")]
+    assert len(runs) == len(set(runs)) == 12

@@ -193,7 +193,7 @@ def _check_fields(cls: type, data: dict[str, Any], where: str) -> None:
         allowed = _json_types(hints[item.name])
         value = data[item.name]
         if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-            raise SchemaError(f"{where}.{item.name} is a {type(value).__name__}")
+            raise SchemaError(f"{where}.{item.name} has type {type(value).__name__}")
 
 
 def _json_types(hint: Any) -> tuple[type, ...]:
