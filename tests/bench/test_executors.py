@@ -47,10 +47,18 @@ def executions(log: Path) -> list[tuple[str, int]]:
 
 
 def specs(delay: float = 0.0, seeds: int = 3) -> list[RunSpec]:
-    return [RunSpec(task="fake", task_overrides={"delay": delay} if delay else {},
-                    optimizer=opt, hparams={"lr": 1e-2}, seed=seed,
-                    budget={"steps": 20, "eval_every": 5})
-            for opt in ("sgdm", "lpsgdm") for seed in range(seeds)]
+    return [
+        RunSpec(
+            task="fake",
+            task_overrides={"delay": delay} if delay else {},
+            optimizer=opt,
+            hparams={"lr": 1e-2},
+            seed=seed,
+            budget={"steps": 20, "eval_every": 5},
+        )
+        for opt in ("sgdm", "lpsgdm")
+        for seed in range(seeds)
+    ]
 
 
 def dead_pid() -> int:
@@ -62,8 +70,17 @@ def dead_pid() -> int:
 def write_claim(out: Path, run_id: str, host: str, pid: int, age_s: float = 0.0) -> Path:
     path = claiming.claim_path(out, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"run_id": run_id, "host": host, "pid": pid,
-                                "started_at": time.time() - age_s, "token": "old"}))
+    path.write_text(
+        json.dumps(
+            {
+                "run_id": run_id,
+                "host": host,
+                "pid": pid,
+                "started_at": time.time() - age_s,
+                "token": "old",
+            }
+        )
+    )
     os.utime(path, (time.time() - age_s,) * 2)
     return path
 
@@ -80,17 +97,25 @@ def test_a_claim_is_exclusive_until_released(tmp_path):
     assert claiming.try_claim(tmp_path, "r1") is not None
 
 
-@pytest.mark.parametrize("host, pid, age_s, stale", [
-    ("here", "dead", 0.0, True),  # its worker is gone from this host
-    ("here", "live", 0.0, False),
-    ("elsewhere", "dead", 0.0, False),  # another host: only the heartbeat tells
-    ("elsewhere", "dead", claiming.CLAIM_TIMEOUT_S + 5, True),
-])
+@pytest.mark.parametrize(
+    "host, pid, age_s, stale",
+    [
+        ("here", "dead", 0.0, True),  # its worker is gone from this host
+        ("here", "live", 0.0, False),
+        ("elsewhere", "dead", 0.0, False),  # another host: only the heartbeat tells
+        ("elsewhere", "dead", claiming.CLAIM_TIMEOUT_S + 5, True),
+    ],
+)
 def test_a_stale_claim_is_taken_over_once(tmp_path, host, pid, age_s, stale):
     import socket
 
-    write_claim(tmp_path, "r1", socket.gethostname() if host == "here" else host,
-                dead_pid() if pid == "dead" else os.getppid(), age_s)
+    write_claim(
+        tmp_path,
+        "r1",
+        socket.gethostname() if host == "here" else host,
+        dead_pid() if pid == "dead" else os.getppid(),
+        age_s,
+    )
     first = claiming.try_claim(tmp_path, "r1")
     assert (first is not None) == stale
     assert claiming.try_claim(tmp_path, "r1") is None  # the new claim is live
@@ -140,8 +165,10 @@ def _race(out: str, done: str) -> None:
 
 def test_two_processes_racing_for_the_same_runs_run_each_once(fake, tmp_path):
     fork = multiprocessing.get_context("fork")
-    racers = [fork.Process(target=_race, args=(str(tmp_path / "out"), str(tmp_path / f"s{k}")))
-              for k in range(2)]
+    racers = [
+        fork.Process(target=_race, args=(str(tmp_path / "out"), str(tmp_path / f"s{k}")))
+        for k in range(2)
+    ]
     for racer in racers:
         racer.start()
     for racer in racers:
@@ -197,14 +224,39 @@ def test_a_local_worker_killed_mid_run_has_its_run_redone_once(fake, tmp_path):
 # --- Ray ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--executor", "ray"], "--executor ray needs Ray: install geoptim[cluster]"),
+        (["--address", "head:6379"], "--address needs --executor ray"),
+    ],
+)
+def test_executor_arguments_fail_with_one_line(fake, tmp_path, capsys, monkeypatch, argv, message):
+    from geoptim.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    for command in (
+        ["bench", "--tasks", "fake"],
+        ["tune", "--task", "fake", "--optimizer", "sgdm"],
+    ):
+        assert main([*command, *argv, "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"geoptim {command[0]}: error: {message}"]
+    assert executions(fake) == []
+
+
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     ray = pytest.importorskip("ray")
     log = tmp_path_factory.mktemp("ray") / "executions.jsonl"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FAKE_TASK_LOG", str(log))
-        ray.init(num_cpus=2, runtime_env=ray_driver.runtime_env(), log_to_driver=False,
-                 include_dashboard=False)
+        ray.init(
+            num_cpus=2,
+            runtime_env=ray_driver.runtime_env(),
+            log_to_driver=False,
+            include_dashboard=False,
+        )
         try:
             yield log
         finally:
@@ -226,8 +278,18 @@ def without_timing(record: dict) -> dict:
 def test_ray_gives_the_same_records_as_the_local_pool(ray_log, tmp_path):
     from geoptim.cli import main
 
-    argv = ["bench", "--tasks", "fake", "--optimizers", "sgdm", "lpsgdm", "--seeds", "2",
-            "--quiet", "--no-report"]
+    argv = [
+        "bench",
+        "--tasks",
+        "fake",
+        "--optimizers",
+        "sgdm",
+        "lpsgdm",
+        "--seeds",
+        "2",
+        "--quiet",
+        "--no-report",
+    ]
     assert main([*argv, "--workers", "2", "--out", str(tmp_path / "local")]) == 0
     assert main([*argv, "--executor", "ray", "--out", str(tmp_path / "ray")]) == 0
     local = {r["run_id"]: without_timing(r) for r in records.iter_records(tmp_path / "local")}
@@ -252,9 +314,15 @@ def test_two_ray_drivers_on_one_directory_run_each_run_once(ray_log, tmp_path):
     address = ray.get_runtime_context().gcs_address
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(Path(runner.__file__).parents[2])}
-    drivers = [subprocess.Popen([sys.executable, str(FIXTURES / "ray_driver.py"), address,
-                                 str(out)], env=env, stderr=subprocess.PIPE, text=True)
-               for _ in range(2)]
+    drivers = [
+        subprocess.Popen(
+            [sys.executable, str(FIXTURES / "ray_driver.py"), address, str(out)],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for driver in drivers:
         _, err = driver.communicate(timeout=300)
         assert driver.returncode == 0, err

@@ -15,25 +15,36 @@ from geoptim.bench.records import RunSpec
 
 
 def spec(**changes):
-    fields = dict(task="digits", optimizer="lpsgdm", hparams={"lr": 1e-3, "p_max": 6}, seed=0,
-                  budget={"epochs": 5})
+    fields = dict(
+        task="digits",
+        optimizer="lpsgdm",
+        hparams={"lr": 1e-3, "p_max": 6},
+        seed=0,
+        budget={"epochs": 5},
+    )
     fields.update(changes)
     return RunSpec(**fields)
 
 
 def test_run_id_is_stable_and_ignores_key_order_and_bookkeeping():
     a = spec(hparams={"lr": 1e-3, "p_max": 6})
-    b = spec(hparams={"p_max": 6, "lr": 1e-3}, suite="full", variant={"p_max": 6},
-             preset="tuned")
+    b = spec(hparams={"p_max": 6, "lr": 1e-3}, suite="full", variant={"p_max": 6}, preset="tuned")
     assert a.run_id == b.run_id
     assert len(a.run_id) == 16
     assert a.run_id == records.config_hash(json.loads(json.dumps(a.config())))
 
 
-@pytest.mark.parametrize("change", [
-    {"seed": 1}, {"optimizer": "sgdm"}, {"hparams": {"lr": 2e-3, "p_max": 6}},
-    {"budget": {"epochs": 6}}, {"task_overrides": {"model": "vgg"}}, {"task": "mnist1d"},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"seed": 1},
+        {"optimizer": "sgdm"},
+        {"hparams": {"lr": 2e-3, "p_max": 6}},
+        {"budget": {"epochs": 6}},
+        {"task_overrides": {"model": "vgg"}},
+        {"task": "mnist1d"},
+    ],
+)
 def test_run_id_changes_with_the_config(change):
     assert spec(**change).run_id != spec().run_id
 
@@ -47,14 +58,19 @@ def test_labels():
 
 def full_record(s: RunSpec, result: dict | None = None) -> records.Record:
     result = result or {"curves": {"step": [0, 5]}, "final": {}, "steps": 5, "extra": {}}
-    return records.Record.for_run(s, result, data_hash="d1", started_at="now", wall_time_s=2.0,
-                                  torch_threads=1)
+    return records.Record.for_run(
+        s, result, data_hash="d1", started_at="now", wall_time_s=2.0, torch_threads=1
+    )
 
 
 def test_write_and_read_roundtrip_with_non_finite_values(tmp_path):
     s = spec()
-    result = {"curves": {"step": [0]}, "final": {"loss": math.nan, "acc": (0.5, math.inf)},
-              "steps": 10, "extra": {}}
+    result = {
+        "curves": {"step": [0]},
+        "final": {"loss": math.nan, "acc": (0.5, math.inf)},
+        "steps": 10,
+        "extra": {},
+    }
     path = records.write_record(tmp_path, full_record(s, result))
     assert path == records.record_path(tmp_path, s.run_id)
     back = records.read_record(path)
@@ -92,10 +108,16 @@ def test_write_replaces_atomically_never_exposing_partial_json(tmp_path, monkeyp
     assert seen == [(False, s.run_id)]
 
 
-@pytest.mark.parametrize("content", [
-    "", '{"run_id": "', "[]", '{"run_id": "other", "config": {}, "result": {}}',
-    '{"run_id": "RID", "config": {}}',
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        '{"run_id": "',
+        "[]",
+        '{"run_id": "other", "config": {}, "result": {}}',
+        '{"run_id": "RID", "config": {}}',
+    ],
+)
 def test_partial_or_foreign_files_are_not_records(tmp_path, content):
     folder = records.records_dir(tmp_path)
     folder.mkdir(parents=True)
@@ -128,13 +150,16 @@ def test_provenance_names_the_source_and_the_libraries():
     assert p.git_commit is None or len(p.git_commit) == 40
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda d: d.pop("provenance"), "lacks 'provenance'"),
-    (lambda d: d.update(seed="0"), "record.seed has type str"),
-    (lambda d: d.update(seed=True), "record.seed has type bool"),
-    (lambda d: d["result"].pop("curves"), "result lacks 'curves'"),
-    (lambda d: d["provenance"].update(host=3), "provenance.host has type int"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: d.pop("provenance"), "lacks 'provenance'"),
+        (lambda d: d.update(seed="0"), "record.seed has type str"),
+        (lambda d: d.update(seed=True), "record.seed has type bool"),
+        (lambda d: d["result"].pop("curves"), "result lacks 'curves'"),
+        (lambda d: d["provenance"].update(host=3), "provenance.host has type int"),
+    ],
+)
 def test_schema_check_names_the_bad_field(damage, message):
     data = full_record(spec()).to_dict()
     records.check_schema(data)
@@ -157,9 +182,13 @@ def test_a_record_whose_config_was_edited_is_not_trusted(tmp_path):
     assert "does not match its config" in selection.notes()[0]
 
 
-@pytest.mark.parametrize("change", [
-    {"schema": 1}, {"versions": {"geoptim": "0.0.1"}},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"schema": 1},
+        {"versions": {"geoptim": "0.0.1"}},
+    ],
+)
 def test_other_versions_are_left_out_unless_accepted(tmp_path, change):
     s = spec()
     data = full_record(s).to_dict()
@@ -184,8 +213,8 @@ def _suite_records(tmp_path):
 
 
 def test_a_mixed_directory_without_plans_needs_a_suite(tmp_path):
-    quick, standard = _suite_records(tmp_path)
-    with pytest.raises(records.SelectionError, match="several suites.*--suite NAME"):
+    _suite_records(tmp_path)
+    with pytest.raises(records.SelectionError, match=r"several suites.*--suite NAME"):
         records.select_records(tmp_path)
     chosen = records.select_records(tmp_path, suite="standard")
     assert sorted(r["seed"] for r in chosen.records) == [2, 3, 4]
@@ -238,7 +267,8 @@ def test_cleanup_removes_only_dead_writers_temp_files(tmp_path):
             os.utime(files[key], (old, old))
         assert records.clean_temp_files(tmp_path) == 4
         assert sorted(p.name for p in folder.iterdir()) == sorted(
-            files[k].name for k in ("live", "other_host_young"))
+            files[k].name for k in ("live", "other_host_young")
+        )
     finally:
         live.kill()
         live.wait()

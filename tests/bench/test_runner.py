@@ -40,9 +40,17 @@ def executions(log: Path) -> list[dict]:
 
 
 def specs(n_seeds: int = 3) -> list[RunSpec]:
-    return [RunSpec(task="fake", optimizer=opt, hparams={"lr": 1e-2}, seed=seed,
-                    budget={"steps": 20, "eval_every": 5})
-            for opt in ("sgdm", "lpsgdm") for seed in range(n_seeds)]
+    return [
+        RunSpec(
+            task="fake",
+            optimizer=opt,
+            hparams={"lr": 1e-2},
+            seed=seed,
+            budget={"steps": 20, "eval_every": 5},
+        )
+        for opt in ("sgdm", "lpsgdm")
+        for seed in range(n_seeds)
+    ]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -85,8 +93,9 @@ def test_corrupt_record_and_stale_temp_file_are_redone(fake, tmp_path):
 
 
 def test_a_failing_run_writes_no_record_and_is_reported(fake, tmp_path):
-    bad = RunSpec(task="fake", optimizer="sgdm", hparams={}, seed=0, budget={"steps": 5,
-                                                                              "eval_every": 5})
+    bad = RunSpec(
+        task="fake", optimizer="sgdm", hparams={}, seed=0, budget={"steps": 5, "eval_every": 5}
+    )
     summary = runner.execute([bad, *specs(1)], tmp_path, quiet=True)
     assert [o.spec for o in summary.failed] == [bad]
     assert "KeyError" in summary.failed[0].error
@@ -95,15 +104,33 @@ def test_a_failing_run_writes_no_record_and_is_reported(fake, tmp_path):
 
 
 def _bench_command(out: Path) -> list[str]:
-    return [sys.executable, str(FIXTURES / "run_cli.py"), "bench", "--tasks", "fake",
-            "--seeds", "3", "--workers", "2", "--quiet", "--no-report", "--out", str(out)]
+    return [
+        sys.executable,
+        str(FIXTURES / "run_cli.py"),
+        "bench",
+        "--tasks",
+        "fake",
+        "--seeds",
+        "3",
+        "--workers",
+        "2",
+        "--quiet",
+        "--no-report",
+        "--out",
+        str(out),
+    ]
 
 
 def test_sigkill_part_way_then_rerun_completes_without_redoing_runs(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "FAKE_TASK_DELAY": "0.05", "FAKE_TASK_LOG": str(tmp_path / "log1")}
-    proc = subprocess.Popen(_bench_command(out), env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _bench_command(out),
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     folder = records.records_dir(out)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
@@ -123,8 +150,7 @@ def test_sigkill_part_way_then_rerun_completes_without_redoing_runs(tmp_path):
     assert len({(e["optimizer"], e["seed"]) for e in first}) == len(first)
 
     env["FAKE_TASK_LOG"] = str(tmp_path / "log2")
-    done = subprocess.run(_bench_command(out), env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(_bench_command(out), env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 
     final = {p.name: p.read_bytes() for p in folder.glob("*.json")}
@@ -134,8 +160,9 @@ def test_sigkill_part_way_then_rerun_completes_without_redoing_runs(tmp_path):
     assert all(r is not None for r in recs)
     for name, content in after_kill.items():
         assert final[name] == content  # finished runs were not redone nor rewritten
-    killed_done = {(r["config"]["optimizer"], r["seed"]) for r in recs
-                   if f"{r['run_id']}.json" in after_kill}
+    killed_done = {
+        (r["config"]["optimizer"], r["seed"]) for r in recs if f"{r['run_id']}.json" in after_kill
+    }
     second = [(e["optimizer"], e["seed"]) for e in executions(tmp_path / "log2")]
     assert len(second) == len(set(second)) == 12 - len(after_kill)
     assert not killed_done & set(second)
@@ -151,10 +178,19 @@ def test_quick_suite_covers_every_claim_with_three_seeds():
     seeds: dict[tuple[str, str], set[int]] = {}
     for s in todo:
         seeds.setdefault((s.task_label, s.label), set()).add(s.seed)
-    for task, label in [("digits", "sgdm"), ("digits", "lpsgdm"), ("mnist1d", "sgdm"),
-                        ("mnist1d", "lpsgdm"), ("grokking", "adamw"), ("grokking", "lion"),
-                        ("grokking", "sepnorm"), ("grokking", "ortsepnorm"),
-                        ("digits", "adamw_agr"), ("digits", "adan_agr"), ("digits", "adan")]:
+    for task, label in [
+        ("digits", "sgdm"),
+        ("digits", "lpsgdm"),
+        ("mnist1d", "sgdm"),
+        ("mnist1d", "lpsgdm"),
+        ("grokking", "adamw"),
+        ("grokking", "lion"),
+        ("grokking", "sepnorm"),
+        ("grokking", "ortsepnorm"),
+        ("digits", "adamw_agr"),
+        ("digits", "adan_agr"),
+        ("digits", "adan"),
+    ]:
         assert seeds[(task, label)] == {0, 1, 2}, (task, label)
     late = [s for s in todo if "agr_until" in s.variant]
     assert late and all(0 < s.hparams["agr_until"] < 132 for s in late)  # digits: 6 x 22 steps
@@ -235,30 +271,45 @@ def test_a_second_writer_on_a_locked_directory_stops_with_one_line(fake, tmp_pat
     assert executions(fake) == [] and not records.records_dir(out).exists()
 
 
-def test_a_second_writer_with_wait_runs_nothing_twice_and_spares_live_temp_files(tmp_path):
+def test_writers_waiting_for_the_directory_run_nothing_twice_and_spare_live_temp_files(tmp_path):
+    """Two benches with --wait queue behind a held lock; once it is released, one runs
+    everything, the other waits for it and runs nothing; a live writer's temp file survives."""
     out = tmp_path / "out"
-    env = {**os.environ, "FAKE_TASK_DELAY": "0.3", "FAKE_TASK_LOG": str(tmp_path / "log")}
-    first = subprocess.Popen(_bench_command(out), env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
+    env = {**os.environ, "FAKE_TASK_DELAY": "0.02", "FAKE_TASK_LOG": str(tmp_path / "log")}
     folder = records.records_dir(out)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (folder.is_dir() and any(folder.glob("*.json"))):
-        time.sleep(0.01)
+    folder.mkdir(parents=True)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    here = records.temp_name("x").split("~")[1]
+    in_flight = folder / f".inflight~{here}~{sleeper.pid}~00.tmp"
+    in_flight.write_text("{")
+    benches = []
     try:
-        here = records.temp_name("x").split("~")[1]
-        in_flight = folder / f".inflight~{here}~{sleeper.pid}~00.tmp"
-        in_flight.write_text("{")
-        second = subprocess.run([*_bench_command(out), "--wait"], env=env, capture_output=True,
-                                text=True, timeout=120)
-        assert first.wait(timeout=60) == 0, first.stderr.read().decode()
-        assert second.returncode == 0, second.stderr
-        assert "waiting for geoptim bench (pid" in second.stderr
-        assert "0 runs done, 12 already recorded" in second.stdout
+        with runner.directory_lock(out):
+            benches = [
+                subprocess.Popen(
+                    [*_bench_command(out), "--wait"],
+                    env=env,
+                    text=True,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
+                for _ in range(2)
+            ]
+            for bench in benches:
+                line = bench.stderr.readline()
+                assert line.startswith("waiting for geoptim bench (pid"), line
+        results = [bench.communicate(timeout=120) for bench in benches]
+        assert [bench.returncode for bench in benches] == [0, 0], results
+        summaries = sorted(stdout.splitlines()[-1].split(", in")[0] for stdout, _ in results)
+        assert summaries == [
+            "0 runs done, 12 already recorded, 0 failed",
+            "12 runs done, 0 already recorded, 0 failed",
+        ]
         assert in_flight.exists()
     finally:
         sleeper.kill()
         sleeper.wait()
-        first.stderr.close()
+        for bench in benches:
+            bench.kill()
     runs = [(e["optimizer"], e["seed"]) for e in executions(tmp_path / "log")]
     assert len(runs) == len(set(runs)) == 12

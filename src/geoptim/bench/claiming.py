@@ -72,8 +72,12 @@ def is_stale(path: Path, claim: Claim | None, timeout_s: float = CLAIM_TIMEOUT_S
     return claim is not None and claim.host == socket.gethostname() and not pid_alive(claim.pid)
 
 
-def try_claim(out_dir: str | os.PathLike[str], run_id: str, token: str | None = None,
-              timeout_s: float = CLAIM_TIMEOUT_S) -> Claim | None:
+def try_claim(
+    out_dir: str | os.PathLike[str],
+    run_id: str,
+    token: str | None = None,
+    timeout_s: float = CLAIM_TIMEOUT_S,
+) -> Claim | None:
     """Claim ``run_id`` for this process; ``None`` when another live claimant holds it.
 
     The caller must then check that the run has no record yet (and :func:`release` if it has).
@@ -131,8 +135,9 @@ def break_claim(out_dir: str | os.PathLike[str], run_id: str, token: str) -> Non
 
 
 @contextlib.contextmanager
-def heartbeat(out_dir: str | os.PathLike[str], claim: Claim,
-              every_s: float = HEARTBEAT_S) -> Iterator[None]:
+def heartbeat(
+    out_dir: str | os.PathLike[str], claim: Claim, every_s: float = HEARTBEAT_S
+) -> Iterator[None]:
     """Touch the claim file every ``every_s`` seconds while the block runs."""
     path = claim_path(out_dir, claim.run_id)
     stop = threading.Event()

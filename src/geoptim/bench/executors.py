@@ -50,8 +50,7 @@ class Executor(Protocol):
     threads_per_run: int | None
     """Torch threads a call should set for itself (``None``: the executor sets them)."""
 
-    def submit(self, key: Hashable, fn: Callable[..., Any], *args: Any,
-               gpu: bool = False) -> None:
+    def submit(self, key: Hashable, fn: Callable[..., Any], *args: Any, gpu: bool = False) -> None:
         """Start ``fn(*args)``; ``gpu``: the call can use a GPU."""
 
     def next_done(self) -> Done:
@@ -89,16 +88,18 @@ class LocalExecutor:
         self._running: dict[Future[Any], Hashable] = {}
         self._here: deque[tuple[Hashable, Callable[..., Any], tuple[Any, ...]]] = deque()
 
-    def submit(self, key: Hashable, fn: Callable[..., Any], *args: Any,
-               gpu: bool = False) -> None:
+    def submit(self, key: Hashable, fn: Callable[..., Any], *args: Any, gpu: bool = False) -> None:
         if self.slots == 1:
             self._here.append((key, fn, args))
             return
         if self._pool is None:
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             self._pool = ProcessPoolExecutor(
-                max_workers=self.slots, mp_context=multiprocessing.get_context(method),
-                initializer=_init_worker, initargs=(self.threads, os.getpid()))
+                max_workers=self.slots,
+                mp_context=multiprocessing.get_context(method),
+                initializer=_init_worker,
+                initargs=(self.threads, os.getpid()),
+            )
         self._running[self._pool.submit(fn, *args)] = key
 
     def next_done(self) -> Done:
@@ -152,8 +153,7 @@ class RayExecutor:
     own task retries are off: the runner decides what is re-run.
     """
 
-    def __init__(self, address: str | None = None, cpus: int = 1, gpus: int | None = None
-                 ) -> None:
+    def __init__(self, address: str | None = None, cpus: int = 1, gpus: int | None = None) -> None:
         try:
             import ray
         except ImportError:
@@ -163,8 +163,9 @@ class RayExecutor:
             try:
                 ray.init(address=address, log_to_driver=False, include_dashboard=False)
             except (ConnectionError, RuntimeError, ValueError) as err:
-                raise ExecutorError(f"cannot connect to the Ray cluster at {address}: {err}"
-                                    ) from err
+                raise ExecutorError(
+                    f"cannot connect to the Ray cluster at {address}: {err}"
+                ) from err
         self.cpus, self.gpus = cpus, gpus
         self.threads_per_run = cpus
         total = ray.cluster_resources()
@@ -175,11 +176,9 @@ class RayExecutor:
         self._task = ray.remote(_call)
         self._running: dict[Any, Hashable] = {}
 
-    def submit(self, key: Hashable, fn: Callable[..., Any], *args: Any,
-               gpu: bool = False) -> None:
+    def submit(self, key: Hashable, fn: Callable[..., Any], *args: Any, gpu: bool = False) -> None:
         gpus = self.gpus if self.gpus is not None else int(gpu and self.cluster_gpus > 0)
-        ref = self._task.options(num_cpus=self.cpus, num_gpus=gpus, max_retries=0).remote(
-            fn, *args)
+        ref = self._task.options(num_cpus=self.cpus, num_gpus=gpus, max_retries=0).remote(fn, *args)
         self._running[ref] = key
 
     def next_done(self) -> Done:
@@ -203,16 +202,32 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
     """``--executor``, ``--address``, ``--cpus-per-run``, ``--gpus-per-run`` (bench, tune)."""
     from geoptim.bench.cli_common import positive_int
 
-    parser.add_argument("--executor", choices=EXECUTOR_NAMES, default="local",
-                        help="local: a process pool on this machine (default); ray: one Ray "
-                             "task per run on a Ray cluster (needs geoptim[cluster])")
-    parser.add_argument("--address", metavar="HOST:PORT",
-                        help="the Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--cpus-per-run", type=positive_int, default=1, metavar="N",
-                        help="CPUs (and torch threads) per run (default 1)")
-    parser.add_argument("--gpus-per-run", type=int, metavar="N",
-                        help="Ray only: GPUs per run (default: 1 for a task on a GPU device "
-                             "when the cluster has GPUs, else 0)")
+    parser.add_argument(
+        "--executor",
+        choices=EXECUTOR_NAMES,
+        default="local",
+        help="local: a process pool on this machine (default); ray: one Ray "
+        "task per run on a Ray cluster (needs geoptim[cluster])",
+    )
+    parser.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="the Ray cluster to join (default: RAY_ADDRESS, else a local Ray)",
+    )
+    parser.add_argument(
+        "--cpus-per-run",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="CPUs (and torch threads) per run (default 1)",
+    )
+    parser.add_argument(
+        "--gpus-per-run",
+        type=int,
+        metavar="N",
+        help="Ray only: GPUs per run (default: 1 for a task on a GPU device "
+        "when the cluster has GPUs, else 0)",
+    )
 
 
 def make_executor(args: argparse.Namespace, workers: int) -> Executor:

@@ -156,15 +156,32 @@ class Record:
     schema: int = SCHEMA_VERSION
 
     @classmethod
-    def for_run(cls, spec: RunSpec, result: dict[str, Any], *, data_hash: str | None,
-                started_at: str, wall_time_s: float, torch_threads: int) -> Record:
+    def for_run(
+        cls,
+        spec: RunSpec,
+        result: dict[str, Any],
+        *,
+        data_hash: str | None,
+        started_at: str,
+        wall_time_s: float,
+        torch_threads: int,
+    ) -> Record:
         steps = int(result.get("steps") or 0)
         return cls(
-            run_id=spec.run_id, config=spec.config(), spec=spec.to_dict(), label=spec.label,
-            task_label=spec.task_label, seed=spec.seed, suite=spec.suite, versions=versions(),
-            provenance=provenance(data_hash), torch_threads=torch_threads,
-            started_at=started_at, wall_time_s=wall_time_s,
-            steps_per_s=steps / wall_time_s if wall_time_s > 0 else None, result=result,
+            run_id=spec.run_id,
+            config=spec.config(),
+            spec=spec.to_dict(),
+            label=spec.label,
+            task_label=spec.task_label,
+            seed=spec.seed,
+            suite=spec.suite,
+            versions=versions(),
+            provenance=provenance(data_hash),
+            torch_threads=torch_threads,
+            started_at=started_at,
+            wall_time_s=wall_time_s,
+            steps_per_s=steps / wall_time_s if wall_time_s > 0 else None,
+            result=result,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -245,8 +262,10 @@ def geoptim_version() -> str:
 @functools.cache
 def versions() -> dict[str, str | None]:
     """Versions of the interpreter, geoptim and :data:`LIBRARIES` (``None``: not installed)."""
-    found: dict[str, str | None] = {"python": platform.python_version(),
-                                    "geoptim": geoptim_version()}
+    found: dict[str, str | None] = {
+        "python": platform.python_version(),
+        "geoptim": geoptim_version(),
+    }
     for name in LIBRARIES:
         try:
             found[name] = metadata.version(name)
@@ -271,8 +290,13 @@ def git_commit() -> str | None:
     """The commit of the checkout geoptim is imported from, or ``None`` (installed package, no
     git)."""
     try:
-        done = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse",
-                               "HEAD"], capture_output=True, text=True, timeout=10, check=False)
+        done = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     commit = done.stdout.strip()
@@ -280,8 +304,12 @@ def git_commit() -> str | None:
 
 
 def provenance(data_hash: str | None = None) -> Provenance:
-    return Provenance(source_hash=source_hash(), git_commit=git_commit(), data_hash=data_hash,
-                      host=socket.gethostname())
+    return Provenance(
+        source_hash=source_hash(),
+        git_commit=git_commit(),
+        data_hash=data_hash,
+        host=socket.gethostname(),
+    )
 
 
 def sanitize(value: Any) -> Any:
@@ -353,7 +381,7 @@ def pid_alive(pid: int) -> bool:
 def is_stale_temp(path: Path, now: float | None = None) -> bool:
     """A temporary file whose writer is gone: written on this host by a pid no longer alive,
     older than :data:`STALE_TEMP_S`, or not named by :func:`temp_name` (an older writer's)."""
-    parts = path.name[1:-len(TEMP_SUFFIX)].split("~")
+    parts = path.name[1 : -len(TEMP_SUFFIX)].split("~")
     try:
         age = (now or time.time()) - path.stat().st_mtime
     except FileNotFoundError:
@@ -432,13 +460,15 @@ def read_record(path: Path, accept_other_versions: bool = False) -> dict[str, An
     return None
 
 
-def is_done(out_dir: str | os.PathLike[str], run_id: str,
-            accept_other_versions: bool = False) -> bool:
+def is_done(
+    out_dir: str | os.PathLike[str], run_id: str, accept_other_versions: bool = False
+) -> bool:
     return read_record(record_path(out_dir, run_id), accept_other_versions) is not None
 
 
-def iter_records(out_dir: str | os.PathLike[str],
-                 accept_other_versions: bool = False) -> Iterator[dict[str, Any]]:
+def iter_records(
+    out_dir: str | os.PathLike[str], accept_other_versions: bool = False
+) -> Iterator[dict[str, Any]]:
     """Every trusted record under ``out_dir`` (all suites), in file-name order."""
     folder = records_dir(out_dir)
     if not folder.is_dir():
@@ -462,11 +492,14 @@ def add_to_plan(out_dir: str | os.PathLike[str], suite: str, run_ids: list[str])
     ``suite`` is the one the directory was last run with."""
     path = plan_path(out_dir, suite)
     known = set(read_plans(out_dir).get(suite, {}).get("run_ids", []))
-    write_json_atomic(path, {
-        "suite": suite,
-        "last_run_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
-        "run_ids": sorted(known | set(run_ids)),
-    })
+    write_json_atomic(
+        path,
+        {
+            "suite": suite,
+            "last_run_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+            "run_ids": sorted(known | set(run_ids)),
+        },
+    )
 
 
 def read_plans(out_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
@@ -499,19 +532,23 @@ class Selection:
         """One sentence per reason records were left out."""
         sentences = {
             TAMPERED: "whose run id does not match its config (edited?); the run is redone by "
-                      "the next `geoptim bench`",
+            "the next `geoptim bench`",
             OTHER_VERSION: f"written by another geoptim version or record schema (this is "
-                           f"geoptim {geoptim_version()}, schema {SCHEMA_VERSION}); pass "
-                           "--accept-other-versions to use them",
+            f"geoptim {geoptim_version()}, schema {SCHEMA_VERSION}); pass "
+            "--accept-other-versions to use them",
             UNREADABLE: "that are not valid records",
         }
-        return [f"{len(names)} record(s) left out {sentences[reason]}: {', '.join(names[:5])}"
-                f"{' ...' if len(names) > 5 else ''}"
-                for reason, names in self.excluded.items() if names]
+        return [
+            f"{len(names)} record(s) left out {sentences[reason]}: {', '.join(names[:5])}"
+            f"{' ...' if len(names) > 5 else ''}"
+            for reason, names in self.excluded.items()
+            if names
+        ]
 
 
-def select_records(out_dir: str | os.PathLike[str], suite: str | None = None,
-                   accept_other_versions: bool = False) -> Selection:
+def select_records(
+    out_dir: str | os.PathLike[str], suite: str | None = None, accept_other_versions: bool = False
+) -> Selection:
     """The trusted records of ``suite`` in ``out_dir``.
 
     ``suite=None`` takes the suite the directory was last run with (the newest plan), else the
@@ -534,9 +571,11 @@ def select_records(out_dir: str | os.PathLike[str], suite: str | None = None,
         if plans:
             suite = max(plans, key=lambda name: str(plans[name].get("last_run_at", "")))
         elif len(named) > 1:
-            raise SelectionError(f"{out_dir} holds records of several suites "
-                                 f"({', '.join(repr(n) for n in named)}); choose one with "
-                                 "--suite NAME")
+            raise SelectionError(
+                f"{out_dir} holds records of several suites "
+                f"({', '.join(repr(n) for n in named)}); choose one with "
+                "--suite NAME"
+            )
         else:
             suite = named[0] if named else ""
     if suite in plans:

@@ -62,20 +62,23 @@ CRASH_RERUNS = 1
 """How many times a run whose worker died is run again."""
 
 
-def run_training(spec: RunSpec, progress: Callable[[float], None]
-                 ) -> tuple[dict[str, Any], str | None]:
+def run_training(
+    spec: RunSpec, progress: Callable[[float], None]
+) -> tuple[dict[str, Any], str | None]:
     """The ``"train"`` kind: one task run with one optimizer."""
     from geoptim.bench import tasks
 
     task = tasks.get_task(spec.task, **spec.task_overrides)
-    result = task.run(spec.optimizer, dict(spec.hparams), spec.seed, dict(spec.budget),
-                      progress=progress)
+    result = task.run(
+        spec.optimizer, dict(spec.hparams), spec.seed, dict(spec.budget), progress=progress
+    )
     data_hash = getattr(task, "data_hash", None)
     return result, (str(data_hash()) if callable(data_hash) else None)
 
 
-def run_curvature(spec: RunSpec, progress: Callable[[float], None]
-                  ) -> tuple[dict[str, Any], str | None]:
+def run_curvature(
+    spec: RunSpec, progress: Callable[[float], None]
+) -> tuple[dict[str, Any], str | None]:
     """The ``"curvature"`` kind: Hessian spectra over training
     (:func:`geoptim.analysis.experiments.curvature_experiment`); ``budget`` gives ``epochs``,
     ``at`` (the epochs to measure) and optionally the estimators' sizes (``k``,
@@ -84,17 +87,24 @@ def run_curvature(spec: RunSpec, progress: Callable[[float], None]
 
     sizes = {key: int(value) for key, value in spec.budget.items() if key in CURVATURE_SIZES}
     return curvature_experiment(
-        None, task=spec.task, task_options=dict(spec.task_overrides), optimizer=spec.optimizer,
-        hparams=dict(spec.hparams), epochs=int(spec.budget["epochs"]),
-        at=tuple(spec.budget["at"]), seed=spec.seed, **sizes,
+        None,
+        task=spec.task,
+        task_options=dict(spec.task_overrides),
+        optimizer=spec.optimizer,
+        hparams=dict(spec.hparams),
+        epochs=int(spec.budget["epochs"]),
+        at=tuple(spec.budget["at"]),
+        seed=spec.seed,
+        **sizes,
     ), None
 
 
 CURVATURE_SIZES = ("k", "hessian_samples", "slq_probes", "slq_steps", "trace_samples")
 
 
-def run_momentum_tracing(spec: RunSpec, progress: Callable[[float], None]
-                         ) -> tuple[dict[str, Any], str | None]:
+def run_momentum_tracing(
+    spec: RunSpec, progress: Callable[[float], None]
+) -> tuple[dict[str, Any], str | None]:
     """The ``"momentum_tracing"`` kind: ``spec.optimizer`` on the digits ResNet with ReLU
     and with leaky ReLU, with the tracing monitors
     (:func:`geoptim.analysis.experiments.momentum_tracing_experiment`); ``hparams`` give
@@ -103,8 +113,11 @@ def run_momentum_tracing(spec: RunSpec, progress: Callable[[float], None]
 
     runs = tuple((spec.optimizer, activation) for activation in ("relu", "leaky_relu"))
     return momentum_tracing_experiment(
-        None, runs=runs, lr=float(spec.hparams["lr"]),
-        weight_decay=float(spec.hparams["weight_decay"]), epochs=int(spec.budget["epochs"]),
+        None,
+        runs=runs,
+        lr=float(spec.hparams["lr"]),
+        weight_decay=float(spec.hparams["weight_decay"]),
+        epochs=int(spec.budget["epochs"]),
         seed=spec.seed,
     ), None
 
@@ -150,9 +163,14 @@ def _no_progress(_fraction: float) -> None:
     pass
 
 
-def run_one(spec: RunSpec, out_dir: str, token: str | None = None, threads: int | None = None,
-            claim_timeout: float = CLAIM_TIMEOUT_S, accept_other_versions: bool = False
-            ) -> Outcome:
+def run_one(
+    spec: RunSpec,
+    out_dir: str,
+    token: str | None = None,
+    threads: int | None = None,
+    claim_timeout: float = CLAIM_TIMEOUT_S,
+    accept_other_versions: bool = False,
+) -> Outcome:
     """Claim ``spec``, run it unless it is recorded, write its record, release the claim.
 
     Runs in the worker (any executor). An exception in the run becomes a :data:`FAILED`
@@ -174,19 +192,29 @@ def run_one(spec: RunSpec, out_dir: str, token: str | None = None, threads: int 
             try:
                 result, data_hash = RUN_KINDS[spec.kind](spec, _no_progress)
             except Exception:
-                return Outcome(spec, time.perf_counter() - start,
-                               traceback.format_exc(limit=8), FAILED)
+                return Outcome(
+                    spec, time.perf_counter() - start, traceback.format_exc(limit=8), FAILED
+                )
             wall = time.perf_counter() - start
-            write_record(out_dir, Record.for_run(
-                spec, result, data_hash=data_hash, started_at=started_at, wall_time_s=wall,
-                torch_threads=torch.get_num_threads()))
+            write_record(
+                out_dir,
+                Record.for_run(
+                    spec,
+                    result,
+                    data_hash=data_hash,
+                    started_at=started_at,
+                    wall_time_s=wall,
+                    torch_threads=torch.get_num_threads(),
+                ),
+            )
         return Outcome(spec, wall)
     finally:
         release(out_dir, claim)
 
 
-def pending(specs: Sequence[RunSpec], out_dir: str | Path,
-            accept_other_versions: bool = False) -> tuple[list[RunSpec], list[str]]:
+def pending(
+    specs: Sequence[RunSpec], out_dir: str | Path, accept_other_versions: bool = False
+) -> tuple[list[RunSpec], list[str]]:
     """The specs without a trusted record, and one warning per record that will be redone
     because it is not trusted (edited, or of another version)."""
     todo, notes = [], []
@@ -201,12 +229,16 @@ def pending(specs: Sequence[RunSpec], out_dir: str | Path,
             continue
         todo.append(spec)
         if problem == TAMPERED:
-            notes.append(f"warning: record {path.name} does not match its config (edited?); "
-                         f"re-running {describe(spec)}")
+            notes.append(
+                f"warning: record {path.name} does not match its config (edited?); "
+                f"re-running {describe(spec)}"
+            )
         others += problem == OTHER_VERSION
     if others:
-        notes.append(f"warning: {others} record(s) were written by another geoptim version or "
-                     "record schema; re-running them (--accept-other-versions keeps them)")
+        notes.append(
+            f"warning: {others} record(s) were written by another geoptim version or "
+            "record schema; re-running them (--accept-other-versions keeps them)"
+        )
     return todo, notes
 
 
@@ -220,8 +252,9 @@ class DirectoryBusy(RuntimeError):
 
 
 @contextlib.contextmanager
-def directory_lock(out_dir: Path, wait: bool = False,
-                   log: Callable[[str], None] = print) -> Iterator[None]:
+def directory_lock(
+    out_dir: Path, wait: bool = False, log: Callable[[str], None] = print
+) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``out_dir/.lock`` for the block.
 
     When another process holds it: wait for it (saying so through ``log``) if ``wait``, else
@@ -236,16 +269,19 @@ def directory_lock(out_dir: Path, wait: bool = False,
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             if not wait:
-                raise DirectoryBusy(f"{out_dir} is in use by {holder}; wait for it to finish, "
-                                    "or pass --wait") from None
+                raise DirectoryBusy(
+                    f"{out_dir} is in use by {holder}; wait for it to finish, or pass --wait"
+                ) from None
             log(f"waiting for {holder} to finish with {out_dir} ...")
             fcntl.flock(handle, fcntl.LOCK_EX)
         except OSError as err:
             log(f"warning: cannot lock {out_dir} ({err.strerror}); relying on claim files")
         handle.seek(0)
         handle.truncate()
-        handle.write(f"geoptim bench (pid {os.getpid()} on {socket.gethostname()}, since "
-                     f"{datetime.now(timezone.utc).isoformat(timespec='seconds')})\n")
+        handle.write(
+            f"geoptim bench (pid {os.getpid()} on {socket.gethostname()}, since "
+            f"{datetime.now(timezone.utc).isoformat(timespec='seconds')})\n"
+        )
         handle.flush()
         try:
             yield
@@ -295,8 +331,7 @@ def execute(
         if executor is None:
             executor = LocalExecutor(min(workers, max(len(todo), 1)), threads)
         try:
-            _drive(todo, str(out), executor, summary, display, claim_timeout,
-                   accept_other_versions)
+            _drive(todo, str(out), executor, summary, display, claim_timeout, accept_other_versions)
         finally:
             if own:
                 executor.close()
@@ -304,8 +339,15 @@ def execute(
     return summary
 
 
-def _drive(todo: list[RunSpec], out_dir: str, executor: Executor, summary: Summary,
-           display: _Display, claim_timeout: float, accept_other_versions: bool) -> None:
+def _drive(
+    todo: list[RunSpec],
+    out_dir: str,
+    executor: Executor,
+    summary: Summary,
+    display: _Display,
+    claim_timeout: float,
+    accept_other_versions: bool,
+) -> None:
     """Keep ``executor.slots`` runs in flight until every run is done, failed, or recorded by
     someone else; re-run a run whose worker died once; look again at busy runs every
     :data:`BUSY_POLL_S`."""
@@ -322,9 +364,17 @@ def _drive(todo: list[RunSpec], out_dir: str, executor: Executor, summary: Summa
         while queue and in_flight < executor.slots:
             spec = queue.popleft()
             tokens[spec.run_id] = new_token()
-            executor.submit(spec.run_id, run_one, spec, out_dir, tokens[spec.run_id],
-                            executor.threads_per_run, claim_timeout, accept_other_versions,
-                            gpu=wants_gpu(spec))
+            executor.submit(
+                spec.run_id,
+                run_one,
+                spec,
+                out_dir,
+                tokens[spec.run_id],
+                executor.threads_per_run,
+                claim_timeout,
+                accept_other_versions,
+                gpu=wants_gpu(spec),
+            )
             display.started(spec)
             in_flight += 1
         if not in_flight:
@@ -337,13 +387,15 @@ def _drive(todo: list[RunSpec], out_dir: str, executor: Executor, summary: Summa
             break_claim(out_dir, spec.run_id, tokens[spec.run_id])
             crashes[spec.run_id] += 1
             if crashes[spec.run_id] <= CRASH_RERUNS:
-                display.log(f"worker died running {describe(spec)} ({done.error}); "
-                            "running it again")
+                display.log(
+                    f"worker died running {describe(spec)} ({done.error}); running it again"
+                )
                 display.put_back(spec)
                 queue.append(spec)
                 continue
-        outcome = (done.value if done.error is None
-                   else Outcome(spec, error=done.error, status=FAILED))
+        outcome = (
+            done.value if done.error is None else Outcome(spec, error=done.error, status=FAILED)
+        )
         if outcome.status == BUSY:
             display.put_back(spec)
             busy.append((time.monotonic() + BUSY_POLL_S, spec))
@@ -394,8 +446,14 @@ class _Display:
         if not quiet:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=done, unit="run", desc="bench",
-                            dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(
+                total=total,
+                initial=done,
+                unit="run",
+                desc="bench",
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
 
     def log(self, message: str) -> None:
         if self.bar is not None:
@@ -423,8 +481,11 @@ class _Display:
             self.bar.update(1)
             self._postfix()
         else:
-            print(f"[{self.done}/{self.total}] {describe(outcome.spec)} "
-                  f"{outcome.wall_time_s:.1f}s, ETA {self._eta()}", flush=True)
+            print(
+                f"[{self.done}/{self.total}] {describe(outcome.spec)} "
+                f"{outcome.wall_time_s:.1f}s, ETA {self._eta()}",
+                flush=True,
+            )
 
     def _eta(self) -> str:
         elapsed = time.perf_counter() - self.start
