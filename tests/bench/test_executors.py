@@ -158,6 +158,38 @@ def test_the_heartbeat_keeps_a_claim_young(tmp_path):
     assert time.time() - path.stat().st_mtime < 10
 
 
+def test_a_run_held_by_a_live_worker_elsewhere_is_waited_for_not_run(fake, tmp_path):
+    import socket
+
+    held, free = specs(seeds=1)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        write_claim(tmp_path, held.run_id, socket.gethostname(), sleeper.pid)
+        summaries: list[runner.Summary] = []
+        driver = threading.Thread(
+            target=lambda: summaries.append(runner.execute([held, free], tmp_path, quiet=True))
+        )
+        driver.start()
+        deadline = time.monotonic() + 60
+        while not records.is_done(tmp_path, free.run_id) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        result = {"curves": {}, "final": {}, "steps": 0, "extra": {}}
+        records.write_record(
+            tmp_path,
+            records.Record.for_run(
+                held, result, data_hash=None, started_at="", wall_time_s=1.0, torch_threads=1
+            ),
+        )
+        claiming.claim_path(tmp_path, held.run_id).unlink()  # the other worker is done
+        driver.join(timeout=60)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    (summary,) = summaries
+    assert [o.spec for o in summary.ran] == [free] and summary.skipped == 1
+    assert executions(fake) == [(free.optimizer, free.seed)]
+
+
 def _race(out: str, done: str) -> None:
     summary = runner.execute(specs(delay=0.02), out, quiet=True, lock=False)
     Path(done).write_text(json.dumps([len(summary.ran), summary.skipped, len(summary.failed)]))

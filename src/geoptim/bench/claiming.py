@@ -72,6 +72,14 @@ def is_stale(path: Path, claim: Claim | None, timeout_s: float = CLAIM_TIMEOUT_S
     return claim is not None and claim.host == socket.gethostname() and not pid_alive(claim.pid)
 
 
+def is_held(
+    out_dir: str | os.PathLike[str], run_id: str, timeout_s: float = CLAIM_TIMEOUT_S
+) -> bool:
+    """Whether a live claimant holds ``run_id``."""
+    path = claim_path(out_dir, run_id)
+    return path.exists() and not is_stale(path, read_claim(path), timeout_s)
+
+
 def try_claim(
     out_dir: str | os.PathLike[str],
     run_id: str,

@@ -33,6 +33,7 @@ from geoptim.bench.claiming import (
     HEARTBEAT_S,
     break_claim,
     heartbeat,
+    is_held,
     new_token,
     release,
     try_claim,
@@ -359,8 +360,18 @@ def _drive(
     in_flight = 0
     while queue or busy or in_flight:
         now = time.monotonic()
-        queue.extend(spec for due, spec in busy if due <= now)
-        busy = [(due, spec) for due, spec in busy if due > now]
+        still_busy = []
+        for due, spec in busy:  # look again, here: cheaper than a trip to a worker
+            if due > now:
+                still_busy.append((due, spec))
+            elif is_done(out_dir, spec.run_id, accept_other_versions):
+                summary.skipped += 1
+                display.finished(Outcome(spec, status=RECORDED))
+            elif is_held(out_dir, spec.run_id, claim_timeout):
+                still_busy.append((now + BUSY_POLL_S, spec))
+            else:
+                queue.append(spec)
+        busy = still_busy
         while queue and in_flight < executor.slots:
             spec = queue.popleft()
             tokens[spec.run_id] = new_token()
@@ -378,7 +389,8 @@ def _drive(
             display.started(spec)
             in_flight += 1
         if not in_flight:
-            time.sleep(max(0.0, min(due for due, _ in busy) - now))
+            if busy:
+                time.sleep(max(0.0, min(due for due, _ in busy) - now))
             continue
         done = executor.next_done()
         in_flight -= 1
@@ -471,7 +483,8 @@ class _Display:
         self._postfix()
 
     def finished(self, outcome: Outcome) -> None:
-        self.running.remove(outcome.spec)
+        if outcome.spec in self.running:
+            self.running.remove(outcome.spec)
         self.done += 1
         self.fresh += 1
         if outcome.error is not None:
