@@ -47,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset-file", action="append", default=[], metavar="FILE",
                         help="use this tuned preset JSON (repeatable)")
     parser.add_argument("--workers", type=positive_int, metavar="N",
-                        help="parallel worker processes, one torch thread each (default: one per "
-                             "core)")
+                        help="parallel worker processes, --cpus-per-run torch threads each "
+                             "(default: one per core)")
     add_executor_arguments(parser)
     parser.add_argument("--wait", action="store_true",
                         help="if another geoptim bench is using --out, wait for it (default: stop)")
