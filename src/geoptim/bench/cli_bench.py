@@ -17,6 +17,7 @@ from geoptim.bench.cli_common import (
     positive_int,
     split_names,
 )
+from geoptim.bench.executors import add_executor_arguments
 
 if TYPE_CHECKING:
     from geoptim.bench.records import RunSpec
@@ -46,8 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset-file", action="append", default=[], metavar="FILE",
                         help="use this tuned preset JSON (repeatable)")
     parser.add_argument("--workers", type=positive_int, metavar="N",
-                        help="parallel worker processes, one torch thread each (default: one per "
-                             "core)")
+                        help="parallel worker processes, --cpus-per-run torch threads each "
+                             "(default: one per core)")
+    add_executor_arguments(parser)
+    parser.add_argument("--wait", action="store_true",
+                        help="if another geoptim bench is using --out, wait for it (default: stop)")
+    parser.add_argument("--accept-other-versions", action="store_true",
+                        help="count records of other geoptim versions as done and report them")
     parser.add_argument("--quiet", action="store_true", help="log lines instead of a bar")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and stop")
     parser.add_argument("--no-report", action="store_true", help="do not build the report")
@@ -80,8 +86,10 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from geoptim.bench.executors import ExecutorError, make_executor
+    from geoptim.bench.records import SelectionError
     from geoptim.bench.report import build_report
-    from geoptim.bench.runner import default_workers, describe, execute
+    from geoptim.bench.runner import DirectoryBusy, default_workers, describe, execute
 
     try:
         specs = plan(args)
@@ -92,12 +100,24 @@ def run(args: argparse.Namespace) -> int:
             print(f"{spec.run_id}  {describe(spec)}  {spec.hparams}  {spec.budget}")
         print(f"{len(specs)} runs")
         return 0
-    workers = args.workers or default_workers()
+    workers = args.workers or default_workers(args.cpus_per_run)
     start = time.perf_counter()
-    summary = execute(specs, args.out, workers=workers, quiet=args.quiet)
+    try:
+        executor = make_executor(args, min(workers, len(specs)))
+        summary = execute(specs, args.out, quiet=args.quiet, executor=executor, wait=args.wait,
+                          accept_other_versions=args.accept_other_versions)
+    except (ExecutorError, DirectoryBusy) as err:
+        return fail("bench", str(err))
+    executor.close()
     elapsed = time.perf_counter() - start
     print(f"{len(summary.ran) - len(summary.failed)} runs done, {summary.skipped} already "
-          f"recorded, {len(summary.failed)} failed, in {elapsed:.0f}s ({workers} workers)")
+          f"recorded, {len(summary.failed)} failed, in {elapsed:.0f}s ({executor.slots} "
+          f"{'workers' if args.executor == 'local' else 'Ray slots'})")
     if not args.no_report:
-        print(f"report: {build_report(args.out)}")
+        try:
+            report = build_report(args.out, suite=args.suite,
+                                  accept_other_versions=args.accept_other_versions)
+        except SelectionError as err:
+            return fail("bench", str(err))
+        print(f"report: {report}")
     return 1 if summary.failed else 0

@@ -11,14 +11,20 @@ HELP = "rebuild DIR/report.md (tables, plots, claims) from the records in DIR"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", metavar="DIR", help="a directory `geoptim bench` wrote")
+    parser.add_argument("--suite", metavar="NAME",
+                        help="the suite to report (default: the one DIR was last run with)")
+    parser.add_argument("--accept-other-versions", action="store_true",
+                        help="also report records written by other geoptim versions")
 
 
 def run(args: argparse.Namespace) -> int:
+    from geoptim.bench.records import SelectionError
     from geoptim.bench.report import build_report
 
     try:
-        path = build_report(args.dir)
-    except FileNotFoundError as err:
+        path = build_report(args.dir, suite=args.suite,
+                            accept_other_versions=args.accept_other_versions)
+    except (FileNotFoundError, SelectionError) as err:
         return fail("report", str(err))
     print(f"report: {path}")
     return 0

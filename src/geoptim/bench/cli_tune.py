@@ -14,6 +14,7 @@ from geoptim.bench.cli_common import (
     parse_task,
     positive_int,
 )
+from geoptim.bench.executors import add_executor_arguments
 
 HELP = "grid/random search over lr and weight decay (and p_max), best setting saved as a preset"
 
@@ -35,11 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "`geoptim bench --presets tuned --out DIR` uses it")
     parser.add_argument("--workers", type=positive_int, metavar="N",
                         help="parallel worker processes (default: one per core)")
+    add_executor_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="log lines instead of a bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from geoptim.bench.runner import default_workers
+    from geoptim.bench.executors import ExecutorError, make_executor
+    from geoptim.bench.runner import DirectoryBusy, default_workers
     from geoptim.bench.tune import tune
 
     try:
@@ -49,9 +52,14 @@ def run(args: argparse.Namespace) -> int:
         task = make_task(name, overrides)
     except ConfigError as err:
         return fail("tune", str(err))
-    path, trials = tune(task, name, overrides, args.optimizer, args.budget, args.out,
-                        seeds=args.seeds, suite=args.suite,
-                        workers=args.workers or default_workers(), quiet=args.quiet)
+    try:
+        executor = make_executor(args, args.workers or default_workers(args.cpus_per_run))
+        path, trials = tune(task, name, overrides, args.optimizer, args.budget, args.out,
+                            seeds=args.seeds, suite=args.suite, quiet=args.quiet,
+                            executor=executor)
+    except (ExecutorError, DirectoryBusy) as err:
+        return fail("tune", str(err))
+    executor.close()
     for trial in trials:
         print(f"score {trial.score:.4f}  {trial.setting}")
     print(f"best: {trials[0].setting} -> {path}")

@@ -17,8 +17,8 @@ import numpy as np
 from geoptim.bench import claims, plots
 from geoptim.bench.records import (
     canonical_json,
-    iter_records,
     records_dir,
+    select_records,
     write_json_atomic,
     write_text_atomic,
 )
@@ -33,21 +33,26 @@ TARGET_RULE = (
 )
 
 
-def build_report(out_dir: str | Path) -> Path:
-    """Write ``out_dir/report.md`` (and its figures, ``claims.json``); return its path.
+def build_report(out_dir: str | Path, suite: str | None = None,
+                 accept_other_versions: bool = False) -> Path:
+    """Write ``out_dir/report.md`` (and its figures, ``claims.json``) for the records of
+    ``suite`` (:func:`~geoptim.bench.records.select_records`); return its path.
 
-    Raises ``FileNotFoundError`` when ``out_dir`` holds no record.
+    Raises ``FileNotFoundError`` when ``out_dir`` holds no such record.
     """
     out_dir = Path(out_dir)
-    records = list(iter_records(out_dir))
+    selection = select_records(out_dir, suite, accept_other_versions)
+    records = selection.records
     if not records:
-        raise FileNotFoundError(f"no records in {records_dir(out_dir)}")
+        of_suite = f" of suite {selection.suite!r}" if selection.suite else ""
+        raise FileNotFoundError(f"no records{of_suite} in {records_dir(out_dir)}")
     training = [r for r in records if r["config"].get("kind", "train") == "train"]
     analysis = [r for r in records if r["config"].get("kind", "train") != "train"]
     sections = group(training)
     rows = claims.evaluate(sections)
     write_json_atomic(out_dir / "claims.json", [row.to_dict() for row in rows])
-    parts = [_header(records), "## Claims\n", claims.markdown(rows)]
+    notes = "".join(f"\n**Left out:** {note}.\n" for note in selection.notes())
+    parts = [_header(records) + notes, "## Claims\n", claims.markdown(rows)]
     for section in sections:
         parts.append(_section(section, out_dir))
     if analysis:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from geoptim.bench.executors import Executor
 from geoptim.bench.presets import PRESETS_SUBDIR, paper_preset, save_tuned
 from geoptim.bench.records import RunSpec, read_record, record_path
 from geoptim.bench.runner import execute
@@ -91,8 +92,10 @@ def score(records: list[dict[str, Any] | None]) -> float:
 
 def tune(task: Any, task_name: str, task_overrides: dict[str, Any], optimizer: str,
          budget: int, out_dir: str | Path, seeds: int = 1, suite: str = "quick",
-         workers: int = 1, quiet: bool = False) -> tuple[Path, list[Trial]]:
-    """Run the search and write the tuned preset; return its path and the trials, best first."""
+         workers: int = 1, quiet: bool = False, executor: Executor | None = None,
+         ) -> tuple[Path, list[Trial]]:
+    """Run the search and write the tuned preset; return its path and the trials, best first.
+    The trials run on ``executor`` (default: a local pool of ``workers`` processes)."""
     base = paper_preset(task_name, optimizer, task_overrides)
     points = choose(grid(optimizer, base), base, budget)
     run_budget = task.default_budget(suite)
@@ -107,7 +110,7 @@ def tune(task: Any, task_name: str, task_overrides: dict[str, Any], optimizer: s
         for point in points
     }
     execute([s for group in specs.values() for s in group], trial_dir, workers=workers,
-            quiet=quiet)
+            quiet=quiet, executor=executor)
     trials = [
         Trial(point, score([read_record(record_path(trial_dir, s.run_id))
                             for s in specs[id(point)]]), seeds)
