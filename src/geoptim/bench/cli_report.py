@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from geoptim.bench.cli_common import fail
+from geoptim.bench.cli_common import ConfigError, writable_dir
 
 HELP = "rebuild DIR/report.md (tables, plots, claims) from the records in DIR"
 
@@ -16,9 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from geoptim.bench.report import build_report
 
+    if not Path(args.dir).is_dir():
+        raise ConfigError(f"{args.dir!r} is not a directory")
+    writable_dir(args.dir, what="DIR")
     try:
         path = build_report(args.dir)
     except FileNotFoundError as err:
-        return fail("report", str(err))
+        raise ConfigError(str(err)) from None
     print(f"report: {path}")
     return 0
