@@ -111,17 +111,16 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
         )
     check_optimizers({name for exp in experiments for name in exp.optimizers})
     specs = build_specs(experiments, Presets(tuned), args.suite, make_task)
-    settings = {(s.optimizer, canonical_json(s.hparams)): s for s in specs}
-    for spec in settings.values():
-        check_hparams(spec.optimizer, spec.hparams)
     writable_dir(args.out, create=not args.dry_run)
     if not args.dry_run:
         writable_dir(records_dir(args.out), what="the records directory")
+    settings = {(s.optimizer, canonical_json(s.hparams)): s for s in specs}
+    for spec in settings.values():
+        check_hparams(spec.optimizer, spec.hparams)
     return specs
 
 
 def run(args: argparse.Namespace) -> int:
-    from geoptim.bench.report import build_report
     from geoptim.bench.runner import default_workers, describe, execute
 
     specs = plan(args)
@@ -139,5 +138,7 @@ def run(args: argparse.Namespace) -> int:
         f"recorded, {len(summary.failed)} failed, in {elapsed:.0f}s ({workers} workers)"
     )
     if not args.no_report:
+        from geoptim.bench.report import build_report
+
         print(f"report: {build_report(args.out)}")
     return 1 if summary.failed else 0

@@ -135,9 +135,8 @@ class Bounds:
     choices: Sequence[Any] | None = None
 
     def violation(self, value: Any) -> str | None:
-        """What ``value`` breaks (``"must be >= 1"``), or ``None``."""
-        if self.choices is not None and value not in self.choices:
-            return f"must be one of {', '.join(map(str, self.choices))}"
+        """The range ``value`` breaks (``"must be >= 1"``), or ``None``; see :func:`check_choice`
+        for the choices."""
         limits = (
             (">=", self.ge, operator.ge),
             (">", self.gt, operator.gt),
@@ -185,13 +184,19 @@ def check_options(cls: type[Task], overrides: Mapping[str, Any]) -> dict[str, An
     hints = typing.get_type_hints(cls)
     checked = {}
     for key, value in overrides.items():
+        bounds = fields[key].metadata.get("bounds", Bounds())
         try:
             checked[key] = _typed(value, hints[key])
-            problem = fields[key].metadata.get("bounds", Bounds()).violation(checked[key])
+            problem = bounds.violation(checked[key])
         except (TypeError, ValueError) as err:
             problem = str(err)
         if problem is not None:
             raise ValueError(f"task {cls.name!r} option {key} {problem}, got {value!r}")
+        if bounds.choices is not None:
+            try:
+                check_choice(key, checked[key], bounds.choices)
+            except ValueError as err:
+                raise ValueError(f"task {cls.name!r}: {err}") from None
     return checked
 
 
