@@ -22,6 +22,7 @@ from geoptim.bench.cli_common import (
     non_negative_float,
     non_negative_int,
     positive_int,
+    task_data,
     writable_dir,
 )
 
@@ -115,13 +116,16 @@ def run(args: argparse.Namespace) -> int:
     check_hparams(args.optimizer, hparams)
     _, checked = check_task(args.task, dict(args.option))
     options = checked or None
-    if not isinstance(make_task(args.task, checked), TrainableTask):
+    task = make_task(args.task, checked)
+    if not isinstance(task, TrainableTask):
         raise ConfigError(f"task {args.task!r} has no model to take a Hessian of")
     at = sorted({epoch for epoch in args.at if epoch <= args.epochs})
     if not at:
         raise ConfigError(f"no epoch of --at {args.at} lies within --epochs {args.epochs}")
     default_out = Path("results") / "curvature" / f"{args.task}_{args.optimizer}"
-    out = writable_dir(default_out if args.out is None else args.out)
+    out = writable_dir(default_out if args.out is None else args.out, create=False)
+    task_data(task, args.seed)  # missing data is found now (digits and MNIST-1D stay cached)
+    writable_dir(out)
     described = f"{args.task} {options}" if options else args.task
     print(
         f"curvature: {described} with {args.optimizer} {hparams}, "

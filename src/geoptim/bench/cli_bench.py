@@ -111,12 +111,13 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
         )
     check_optimizers({name for exp in experiments for name in exp.optimizers})
     specs = build_specs(experiments, Presets(tuned), args.suite, make_task)
-    writable_dir(args.out, create=not args.dry_run)
-    if not args.dry_run:
-        writable_dir(records_dir(args.out), what="the records directory")
+    writable_dir(args.out, create=False)  # a file in the way is found before the slower checks
     settings = {(s.optimizer, canonical_json(s.hparams)): s for s in specs}
     for spec in settings.values():
         check_hparams(spec.optimizer, spec.hparams)
+    if not args.dry_run:
+        writable_dir(args.out)
+        writable_dir(records_dir(args.out), what="the records directory")
     return specs
 
 

@@ -88,15 +88,18 @@ def split_names(values: Iterable[str]) -> list[str]:
 
 def split_tasks(values: Iterable[str]) -> list[str]:
     """The tasks named by ``--tasks`` arguments: ``digits:model=vgg,width=32,mnist1d`` is two
-    tasks (an item ``key=value`` continues the task before it)."""
+    tasks (an item ``key=value`` continues the task before it in the same argument)."""
     tasks: list[str] = []
     for value in values:
+        named: list[str] = []
         for item in filter(None, (part.strip() for part in _split_commas(value))):
-            key = item.partition("=")[0]
-            if "=" in item and ":" not in key and tasks:
-                tasks[-1] += ("," if ":" in tasks[-1] else ":") + item
+            if "=" not in item or ":" in item.partition("=")[0]:
+                named.append(item)
+            elif named:
+                named[-1] += ("," if ":" in named[-1] else ":") + item
             else:
-                tasks.append(item)
+                raise ConfigError(f"task option {item!r} follows no task (e.g. digits:{item})")
+        tasks += named
     if not tasks:
         raise ConfigError("--tasks names no task")
     return tasks
@@ -111,6 +114,8 @@ def parse_task(text: str) -> TaskVariant:
             key, value = key_text(item)
         except argparse.ArgumentTypeError:
             raise ConfigError(f"bad task option {item!r} in {text!r}; expected key=value") from None
+        if key in options:
+            raise ConfigError(f"task option {key!r} given twice in {text!r}")
         options[key] = value
     return name.strip(), options
 
@@ -146,6 +151,15 @@ def make_task(name: str, overrides: dict[str, Any]) -> Any:
         raise ConfigError(f"bad task {name!r} with options {overrides}: {err}") from err
 
 
+def task_data(task: Any, seed: int) -> Any:
+    """``task.make_data(seed)``; data that is not there (a CIFAR folder) is a
+    :class:`ConfigError`."""
+    try:
+        return task.make_data(seed)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
+
+
 # ---------------------------------------------------------------- optimizers
 
 
@@ -176,7 +190,7 @@ def check_hparams(optimizer: str, hparams: dict[str, Any]) -> None:
             raise ConfigError(f"hyper-parameter {key} must be finite, got {value!r}")
     try:
         setup_optimizer([torch.zeros(2, 2, requires_grad=True)], optimizer, hparams, 1, 1)
-    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+    except (TypeError, ValueError, LookupError, RuntimeError) as err:
         raise ConfigError(f"bad hyper-parameters for {optimizer} {hparams}: {err}") from None
 
 

@@ -39,6 +39,7 @@ from geoptim.bench.cli_common import (
     non_negative_float,
     non_negative_int,
     positive_int,
+    task_data,
     writable_file,
 )
 from geoptim.distributed import WRAPPERS, init_from_env, mean_over_ranks, rank_slice, wrap_model
@@ -131,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"task {name!r} has no model and data for `geoptim train`")
     hparams = {"lr": args.lr, "weight_decay": args.weight_decay, **dict(args.hparam)}
     check_hparams(args.optimizer, hparams)
-    out = None if args.out is None else writable_file(args.out)
     check_launch(args.distributed, args.backend)
+    data = task_data(task, args.seed)
+    out = None if args.out is None else writable_file(args.out)
     distributed = args.distributed != "none"
     joined_here = distributed and not dist.is_initialized()
     if distributed:
@@ -141,7 +143,6 @@ def run(args: argparse.Namespace) -> int:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     is_main = not distributed or dist.get_rank() == 0
 
-    data = task.make_data(args.seed)
     if hasattr(data, "to"):
         data.to(device)
     model = wrap_model(task.make_model(args.seed), args.distributed, device)
