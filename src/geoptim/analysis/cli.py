@@ -12,19 +12,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from geoptim.analysis.spectrum import trace_estimate
 from geoptim.bench.cli_common import (
     ConfigError,
     check_hparams,
     check_task,
+    int_at_least,
     key_text,
     key_value,
     make_task,
     non_negative_float,
     non_negative_int,
+    parse_task,
     positive_int,
     task_data,
     writable_dir,
 )
+
+MIN_TRACE_SAMPLES = trace_estimate.__kwdefaults__["min_samples"]
+"""The fewest Hutchinson probes the trace estimate takes (``--trace-samples`` is the most)."""
 
 HELP = "train a task and record Hessian spectra (top eigenvalues, trace, density) over epochs"
 
@@ -90,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--trace-samples",
-        type=positive_int,
+        type=int_at_least(MIN_TRACE_SAMPLES),
         default=30,
         help="most Hutchinson probes (default: 30)",
     )
@@ -107,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     from geoptim.analysis.experiments import CURVATURE_HPARAMS, curvature_experiment
     from geoptim.bench.tasks import TrainableTask
 
+    name, inline = parse_task(args.task)  # digits:model=vgg, as in bench and tune
+    name, checked = check_task(name, {**inline, **dict(args.option)})
     hparams = dict(CURVATURE_HPARAMS.get(args.optimizer, {"lr": 1e-3}))
     if args.lr is not None:
         hparams["lr"] = args.lr
@@ -114,19 +122,18 @@ def run(args: argparse.Namespace) -> int:
         hparams["weight_decay"] = args.weight_decay
     hparams.update(dict(args.hparam))
     check_hparams(args.optimizer, hparams)
-    _, checked = check_task(args.task, dict(args.option))
     options = checked or None
-    task = make_task(args.task, checked)
+    task = make_task(name, checked)
     if not isinstance(task, TrainableTask):
-        raise ConfigError(f"task {args.task!r} has no model to take a Hessian of")
+        raise ConfigError(f"task {name!r} has no model to take a Hessian of")
     at = sorted({epoch for epoch in args.at if epoch <= args.epochs})
     if not at:
         raise ConfigError(f"no epoch of --at {args.at} lies within --epochs {args.epochs}")
-    default_out = Path("results") / "curvature" / f"{args.task}_{args.optimizer}"
+    default_out = Path("results") / "curvature" / f"{name}_{args.optimizer}"
     out = writable_dir(default_out if args.out is None else args.out, create=False)
     task_data(task, args.seed)  # missing data is found now (digits and MNIST-1D stay cached)
     writable_dir(out)
-    described = f"{args.task} {options}" if options else args.task
+    described = f"{name} {options}" if options else name
     print(
         f"curvature: {described} with {args.optimizer} {hparams}, "
         f"{args.epochs} epochs, recording at {at}",
@@ -134,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     )
     payload = curvature_experiment(
         out,
-        task=args.task,
+        task=name,
         task_options=options,
         optimizer=args.optimizer,
         hparams=hparams,

@@ -42,8 +42,13 @@ def _number(parse: Callable[[str], Any], what: str, holds: Callable[[Any], bool]
     return convert
 
 
-positive_int = _number(int, "a positive integer", lambda v: v >= 1)
-non_negative_int = _number(int, "an integer >= 0", lambda v: v >= 0)
+def int_at_least(low: int, what: str | None = None) -> Callable[[str], int]:
+    """argparse type: an integer ``>= low``."""
+    return _number(int, what or f"an integer >= {low}", lambda v: v >= low)
+
+
+positive_int = int_at_least(1, "a positive integer")
+non_negative_int = int_at_least(0)
 positive_float = _number(float, "a positive number", lambda v: v > 0)
 non_negative_float = _number(float, "a finite number >= 0", lambda v: v >= 0)
 

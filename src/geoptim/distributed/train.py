@@ -38,6 +38,7 @@ from geoptim.bench.cli_common import (
     make_task,
     non_negative_float,
     non_negative_int,
+    parse_task,
     positive_int,
     task_data,
     writable_file,
@@ -126,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
     from geoptim.bench.tasks import TrainableTask
     from geoptim.bench.training import setup_optimizer
 
-    name, options = check_task(args.task, dict(args.task_option))
+    name, inline = parse_task(args.task)  # digits:model=vgg, as in bench and tune
+    name, options = check_task(name, {**inline, **dict(args.task_option)})
     task = make_task(name, options)
     if not isinstance(task, TrainableTask):
         raise ConfigError(f"task {name!r} has no model and data for `geoptim train`")
@@ -181,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
     if is_main and out is not None:
         world = dist.get_world_size() if distributed else 1
         record = {
-            "task": args.task,
+            "task": name,
+            "task_options": options,
             "optimizer": args.optimizer,
             "distributed": args.distributed,
             "world_size": world,
