@@ -110,6 +110,7 @@ CASES = [
     bad("tune --task nosuch --optimizer sgdm", "unknown task 'nosuch'"),
     bad("tune --task quadratic --optimizer sgd --out afile/x", "afile is a file, not a directory"),
     bad("tune --optimizer sgdm", "the following arguments are required: --task"),
+    bad("tune --task cifar10:data_dir=missing --optimizer sgdm", "cifar10 folder not found"),
     # curvature
     bad("curvature --hessian-samples 0", "argument --hessian-samples: expected a positive integer"),
     bad("curvature --slq-steps 0", "argument --slq-steps: expected a positive integer"),

@@ -9,6 +9,7 @@ from geoptim.bench.cli_common import (
     check_optimizers,
     make_task,
     positive_int,
+    task_data,
     task_variant,
     writable_dir,
 )
@@ -67,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     name, overrides = task_variant(args.task)
     check_optimizers([args.optimizer])
     task = make_task(name, overrides)
+    if hasattr(task, "make_data"):
+        task_data(task, 0)  # missing data (CIFAR) would fail every trial
     out = writable_dir(args.out)
     writable_dir(out / PRESETS_SUBDIR, what="the presets directory")
     writable_dir(records_dir(out / TUNE_SUBDIR), what="the trials' records directory")
