@@ -273,7 +273,7 @@ def test_executor_arguments_fail_with_one_line(fake, tmp_path, capsys, monkeypat
     ):
         assert main([*command, *argv, "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert err == [f"geoptim {command[0]}: error: {message}"]
+        assert err == [f"geoptim: error: {message}"]
     assert executions(fake) == []
 
 

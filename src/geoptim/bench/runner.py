@@ -14,6 +14,7 @@ traceback and the others go on.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import os
@@ -130,15 +131,17 @@ RUN_KINDS: dict[str, RunKind] = {
 }
 """Run kinds and the function that runs each; a new kind of experiment registers here."""
 
-DONE, FAILED, RECORDED, BUSY = "done", "failed", "recorded", "busy"
+DONE, FAILED, RECORDED, BUSY, DISK_FULL = "done", "failed", "recorded", "busy", "disk full"
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass
 class Outcome:
     """What the driver learns about one run: ``status`` :data:`DONE` (ran, record written),
     :data:`FAILED` (``error`` holds the traceback; no record, so it is retried next time),
-    :data:`RECORDED` (found finished by someone else) or :data:`BUSY` (another live worker
-    holds its claim)."""
+    :data:`RECORDED` (found finished by someone else), :data:`BUSY` (another live worker
+    holds its claim) or :data:`DISK_FULL` (the record could not be written: no space; the
+    driver stops and raises)."""
 
     spec: RunSpec
     wall_time_s: float = 0.0
@@ -197,17 +200,20 @@ def run_one(
                     spec, time.perf_counter() - start, traceback.format_exc(limit=8), FAILED
                 )
             wall = time.perf_counter() - start
-            write_record(
-                out_dir,
-                Record.for_run(
-                    spec,
-                    result,
-                    data_hash=data_hash,
-                    started_at=started_at,
-                    wall_time_s=wall,
-                    torch_threads=torch.get_num_threads(),
-                ),
+            record = Record.for_run(
+                spec,
+                result,
+                data_hash=data_hash,
+                started_at=started_at,
+                wall_time_s=wall,
+                torch_threads=torch.get_num_threads(),
             )
+            try:
+                write_record(out_dir, record)
+            except OSError as err:
+                if err.errno not in _DISK_FULL_ERRNOS:
+                    raise
+                return Outcome(spec, wall, os.strerror(err.errno), DISK_FULL)
         return Outcome(spec, wall)
     finally:
         release(out_dir, claim)
@@ -358,6 +364,7 @@ def _drive(
     tokens: dict[str, str] = {}
     crashes: Counter[str] = Counter()
     in_flight = 0
+    disk_full: Outcome | None = None
     while queue or busy or in_flight:
         now = time.monotonic()
         still_busy = []
@@ -411,12 +418,18 @@ def _drive(
         if outcome.status == BUSY:
             display.put_back(spec)
             busy.append((time.monotonic() + BUSY_POLL_S, spec))
+        elif outcome.status == DISK_FULL:
+            queue.clear()  # nothing more can be recorded: let the runs in flight end, then stop
+            busy.clear()
+            disk_full = outcome
         elif outcome.status == RECORDED:
             summary.skipped += 1
             display.finished(outcome)
         else:
             summary.ran.append(outcome)
             display.finished(outcome)
+    if disk_full is not None:
+        raise OSError(errno.ENOSPC, f"{disk_full.error}: {out_dir}")
 
 
 @functools.cache
