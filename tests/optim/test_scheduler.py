@@ -113,7 +113,9 @@ def test_cosine_p_scheduler_in_chained_scheduler_steps_lr_and_p_together():
     chained = torch.optim.lr_scheduler.ChainedScheduler([lr_sched, p_sched])
     for k in range(1, 5):
         chained.step()
-        assert opt.param_groups[0]["p"] == pytest.approx(2 + 4 * (1 + math.cos(math.pi * k / 4)) / 2)
+        assert opt.param_groups[0]["p"] == pytest.approx(
+            2 + 4 * (1 + math.cos(math.pi * k / 4)) / 2
+        )
         assert opt.param_groups[0]["lr"] == pytest.approx(0.05 * (1 + math.cos(math.pi * k / 4)))
 
 
