@@ -13,7 +13,7 @@ DIRECTIVE = re.compile(r"^( *)\.\. (math|code-block)::(.*)$")
 
 
 def _blocks(text: str) -> str:
-    """``.. math::`` and ``.. code-block::`` directives (one-line or indented body) -> $$ / fences."""
+    """``.. math::`` and ``.. code-block::`` (one line or an indented body) -> $$ or a fence."""
     lines, out, i = text.splitlines(), [], 0
     while i < len(lines):
         match = DIRECTIVE.match(lines[i])

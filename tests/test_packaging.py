@@ -110,3 +110,22 @@ def test_relative_links_point_to_existing_files(path):
             continue
         file = (path.parent / target.split("#")[0]).resolve()
         assert file.exists(), f"{path.name}: link {target!r} points to nothing"
+
+
+@pytest.mark.slow
+def test_wheel_and_sdist_build_check_and_install_into_a_fresh_venv():
+    # scripts/check_dist.sh: build, twine check --strict, LICENSE inside, fresh venv, import
+    result = subprocess.run(
+        ["bash", "scripts/check_dist.sh"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={
+            "PYTHON": sys.executable,
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(Path.home()),
+        },
+        timeout=1800,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"geoptim {_version()}\n" in result.stdout
