@@ -30,7 +30,9 @@ assert not [n for n in wheel_names if n.startswith(("tests/", "results/", "bench
 print(f"{wheel.name}: {len(wheel_names)} files; {sdist.name}: {len(sdist_names)} files")
 PY
 
-"${BASE_PYTHON:-python3}" -m venv "$work/venv"
+# the fresh venv is made by the interpreter $PYTHON's own venv was made from
+base="$("$PYTHON" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
+"$base" -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0"
 "$work/venv/bin/python" -m pip install -q --disable-pip-version-check "$work"/dist/*.whl
 cd "$work"  # away from the source tree: the installed copy must be the one imported

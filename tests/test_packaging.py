@@ -1,6 +1,7 @@
 """The package as a user installs it: a light ``import geoptim``, the CLI without the extras, the
 README's and the docs' links, and (slow) the wheel and sdist themselves."""
 
+import os
 import re
 import subprocess
 import sys
@@ -120,11 +121,7 @@ def test_wheel_and_sdist_build_check_and_install_into_a_fresh_venv():
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={
-            "PYTHON": sys.executable,
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(Path.home()),
-        },
+        env={**os.environ, "PYTHON": sys.executable},
         timeout=1800,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
