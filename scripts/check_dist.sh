@@ -30,7 +30,9 @@ assert not [n for n in wheel_names if n.startswith(("tests/", "results/", "bench
 print(f"{wheel.name}: {len(wheel_names)} files; {sdist.name}: {len(sdist_names)} files")
 PY
 
-# the fresh venv is made by the interpreter $PYTHON's own venv was made from
+# The fresh venv is made by the interpreter $PYTHON's own venv was made from, and sees nothing
+# else: a PYTHONPATH (say, src/ with the build's egg-info) would hide the wheel from pip.
+unset PYTHONPATH PYTHONHOME
 base="$("$PYTHON" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
 "$base" -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0"
