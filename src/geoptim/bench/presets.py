@@ -4,7 +4,7 @@ A preset is the ``hparams`` dict a task's ``run`` takes: ``lr``, ``weight_decay`
 ``warmup_frac``, ``lr_schedule`` (``"cosine"`` or ``"constant"``), ``p_max`` for the l_p methods,
 and any optimizer keyword (``betas``, ``momentum``, ...).
 
-Sources (see ``ALGORITHMS.md`` and the papers in ``shared/seeds``):
+Sources (the update rules: ``docs/algorithms.md``; the papers it cites):
 
 * LPSGD paper, hyper-parameter tables (CIFAR-10/100, VGG-11 / ResNet-18): SGD-momentum lr 0.1,
   AdamW lr 1e-3 wd 0.1, LPSGDM lr 1e-3 p_max 6 momentum 0.9 wd 1e-2, warmup + cosine decay.
