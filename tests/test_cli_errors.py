@@ -180,7 +180,7 @@ CASES = [
     bad("speed --optimizers nope", "unknown row 'nope'"),
     bad("speed --optimizers copy --out afile", "afile is a file, not a directory"),
     bad("speed --device cuda", "CUDA is not available", marks=NO_CUDA),
-    bad("nosuchcommand", "argument command: invalid choice: 'nosuchcommand'"),
+    bad("nosuchcommand", "argument COMMAND: invalid choice: 'nosuchcommand'"),
 ]
 
 
