@@ -140,12 +140,20 @@ def seeds_needed(sd: float, effect: float, paired: bool = True, alpha: float = A
     sizes) detects ``effect`` with probability ``power``."""
     if effect == 0.0 or not math.isfinite(sd):
         return most
-    for n in range(2, most + 1):
+
+    def powered(n: int) -> bool:
         se = sd / math.sqrt(n) if paired else sd * math.sqrt(2 / n)
-        df = n - 1 if paired else 2 * n - 2
-        if power_of(effect, se, df, alpha) >= power:
-            return n
-    return most
+        return power_of(effect, se, n - 1 if paired else 2 * n - 2, alpha) >= power
+
+    low, high = 1, 2  # powered(high) once found; power grows with n
+    while not powered(high):
+        if high >= most:
+            return most
+        low, high = high, min(2 * high, most)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if powered(mid) else (mid, high)
+    return high
 
 
 def tost(comparison: Comparison, margin: float, alpha: float = ALPHA) -> float:
