@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from geoptim.bench.suites import suite_names
 
     parser.add_argument("--suite", default="quick", choices=suite_names(),
-                        help="quick: CPU-scale, under 10 min on 2 cores (default); full: the "
-                             "papers' protocol")
+                        help="quick: CPU-scale, under 10 min on 2 cores (default); standard: "
+                             "under 60 min on 2 cores; full: the papers' protocol (GPU)")
     parser.add_argument("--tasks", nargs="+", metavar="TASK",
                         help="only these tasks; a task may carry options, e.g. "
                              "digits:model=vgg")
@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="parallel worker processes, one torch thread each (default: one per "
                              "core)")
     parser.add_argument("--quiet", action="store_true", help="log lines instead of a bar")
-    parser.add_argument("--dry-run", action="store_true", help="list the runs and stop")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan with its estimated time, list the runs and stop")
     parser.add_argument("--no-report", action="store_true", help="do not build the report")
 
 
@@ -88,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         return fail("bench", str(err))
     if args.dry_run:
+        from geoptim.bench.suites import plan_text
+
+        print(plan_text(specs, make_task, args.workers or default_workers()))
         for spec in specs:
             print(f"{spec.run_id}  {describe(spec)}  {spec.hparams}  {spec.budget}")
         print(f"{len(specs)} runs")
