@@ -14,6 +14,11 @@ keywords; ``budget`` is ``{"epochs": E}`` or ``{"steps": S, "eval_every": k}`` (
 
 :class:`TrainableTask` adds ``make_model(seed)``, ``make_data(seed)`` (a :class:`TaskData`) and
 ``loss_fn``, and runs the shared loop :func:`geoptim.bench.training.train`.
+
+Provenance and cost: ``data_hash()`` is a hash of the task's generated data and splits (every
+record carries it as ``extra["data_hash"]``); ``estimated_seconds(budget)`` is the single-thread
+CPU time a run of ``budget`` takes, from the per-step and per-checkpoint costs
+(``STEP_SECONDS``, ``EVAL_SECONDS``) measured for the task's default options.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class TaskData(Protocol):
 
     def hessian_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
+    def data_hash(self) -> str: ...
+
 
 @dataclasses.dataclass
 class Task:
@@ -47,6 +54,10 @@ class Task:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    STEP_SECONDS: ClassVar[float] = 0.0
+    """Measured seconds per optimizer step (single thread, default options, CPU)."""
+    EVAL_SECONDS: ClassVar[float] = 0.0
+    """Measured seconds per checkpoint evaluation (same conditions)."""
 
     def default_budget(self, suite: str) -> dict[str, Any]:
         """The budget for ``suite`` (``"quick"`` or ``"full"``)."""
@@ -55,6 +66,20 @@ class Task:
 
     def _budgets(self) -> dict[str, dict[str, Any]]:
         raise NotImplementedError
+
+    def data_hash(self) -> str:
+        """A hash of the data the task trains and evaluates on (all splits)."""
+        raise NotImplementedError
+
+    def budget_steps(self, budget: dict[str, Any]) -> tuple[int, int]:
+        """``(optimizer steps, checkpoints after step 0)`` of ``budget``."""
+        steps = int(budget["steps"])
+        return steps, steps
+
+    def estimated_seconds(self, budget: dict[str, Any]) -> float:
+        """The estimated single-thread CPU time of one run of ``budget``."""
+        steps, checkpoints = self.budget_steps(budget)
+        return steps * self.STEP_SECONDS + (checkpoints + 1) * self.EVAL_SECONDS
 
     def run(
         self,
@@ -84,7 +109,20 @@ class TrainableTask(Task):
         raise NotImplementedError
 
     def make_data(self, seed: int) -> TaskData:
+        """The task's data; the splits are fixed, ``seed`` only sets the order of the batches."""
         raise NotImplementedError
+
+    def data_hash(self) -> str:
+        return self.make_data(0).data_hash()
+
+    def budget_steps(self, budget: dict[str, Any]) -> tuple[int, int]:
+        from geoptim.bench.training import budget_steps
+
+        steps_per_epoch = self.make_data(0).steps_per_epoch
+        if budget.get("batches_per_epoch"):
+            steps_per_epoch = min(steps_per_epoch, int(budget["batches_per_epoch"]))
+        steps, eval_every = budget_steps(budget, steps_per_epoch)
+        return steps, -(-steps // eval_every)
 
     def loss_fn(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy (negative log-likelihood of the softmax)."""

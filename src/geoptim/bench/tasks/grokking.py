@@ -67,6 +67,7 @@ class GrokkingTask(TrainableTask):
     p: int = 113
     train_frac: float | None = None  # None: 0.5 for the MLP, 0.3 for the transformer
     split_seed: int = 0
+    val_frac: float = 0.1
     tau: float = 0.99
     d_embed: int = 32
     width: int = 128
@@ -97,8 +98,8 @@ class GrokkingTask(TrainableTask):
 
     def make_data(self, seed: int) -> TensorData:
         assert self.train_frac is not None
-        (x_tr, y_tr), (x_te, y_te) = modular_addition(self.p, self.train_frac, self.split_seed)
-        return TensorData(x_tr, y_tr, x_te, y_te, batch_size=None, seed=seed, eval_batch_size=16384)
+        splits = modular_addition(self.p, self.train_frac, self.split_seed, self.val_frac)
+        return TensorData.from_splits(splits, batch_size=None, seed=seed, eval_batch_size=16384)
 
     def extra(self, result: dict[str, Any]) -> dict[str, Any]:
         return grokking_gap(result["curves"], self.tau)

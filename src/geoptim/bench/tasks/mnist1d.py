@@ -31,6 +31,7 @@ class MNIST1DTask(TrainableTask):
     batch_size: int = 100
     num_samples: int = 5000
     data_seed: int = 42
+    n_val: int = 500
 
     def _budgets(self) -> dict[str, dict[str, Any]]:
         return {"quick": {"epochs": 8}, "full": {"epochs": 50}}
@@ -39,5 +40,5 @@ class MNIST1DTask(TrainableTask):
         return MNIST1DCNN(self.channels)
 
     def make_data(self, seed: int) -> TensorData:
-        (x_tr, y_tr), (x_te, y_te) = load_mnist1d(self.num_samples, self.data_seed)
-        return TensorData(x_tr, y_tr, x_te, y_te, batch_size=self.batch_size, seed=seed)
+        splits = load_mnist1d(self.num_samples, self.data_seed, self.n_val)
+        return TensorData.from_splits(splits, batch_size=self.batch_size, seed=seed)
