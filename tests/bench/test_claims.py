@@ -207,7 +207,7 @@ def test_step_size_answer_states_the_verdict():
     assert rows[0].verdict == EQUIVALENT
     answer = claims.step_size_answer(rows)
     assert "On digits: no: SGDM given LPSGDM's update-RMS schedule is equivalent" in answer
-    assert "did not run" in claims.step_size_answer([])
+    assert "Not answered" in claims.step_size_answer([])
 
 
 def test_markdown_has_every_column_and_the_rule():

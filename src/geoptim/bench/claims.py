@@ -203,15 +203,27 @@ def lr_wd(series: Series) -> float:
         series.hparams.get("weight_decay", 0.0))
 
 
+def wd_sweep(section: Section) -> list[Series]:
+    """The weight-decay sweep's series, with the presets' series (a sweep point equal to a
+    preset is the preset's run), or ``[]`` when no weight decay was swept."""
+    swept = [s for s in section.series if set(s.variant) == {"weight_decay"}]
+    if not swept:
+        return []
+    optimizers = {s.optimizer for s in swept}
+    return [s for s in section.series if s.optimizer in optimizers and s.is_base] + swept
+
+
 def matched_regularisation(claim: Claim, section: Section) -> list[tuple[Claim, Series, Series]]:
     """For a grokking claim, the weight-decay sweep's pairs of series at equal ``lr * wd``
     (relative tolerance 1e-6), each as a claim renamed with the product."""
     if claim.metric != GENERALISATION:
         return []
-    sweep = [s for s in section.series if set(s.variant) == {"weight_decay"}]
+    sweep = wd_sweep(section)
     found = []
     for a in (s for s in sweep if s.optimizer == claim.treatment.optimizer):
         for b in (s for s in sweep if s.optimizer == claim.control.optimizer):
+            if a.is_base and b.is_base:
+                continue  # the presets' row
             if math.isclose(lr_wd(a), lr_wd(b), rel_tol=1e-6):
                 renamed = replace(claim, name=f"{claim.name} at lr·wd = {lr_wd(a):.3g}")
                 found.append((renamed, a, b))
@@ -324,11 +336,11 @@ def evaluate(sections: Sequence[Section], claims: Iterable[Claim] = CLAIMS,
 def step_size_answer(rows: Sequence[ClaimRow]) -> str:
     """One sentence per task answering: does the cosine p schedule help beyond its implicit
     step size? Read from the row against SGDM on LPSGDM's update-RMS schedule."""
+    question = "**Does the cosine p schedule help beyond its implicit step size?** "
     control = [row for row in rows if row.group == STEP_SIZE and "update-RMS" in row.claim]
     if not control:
-        return ("The step-size control did not run (no `sgdm_rms` arm in these records), so "
-                "this report cannot say whether the cosine p schedule helps beyond its "
-                "implicit step size.")
+        return question + ("Not answered: the step-size control did not run (no `sgdm_rms` "
+                           "arm in these records).")
     answers = {
         REPRODUCED: "yes: LPSGDM beats SGDM given LPSGDM's own update-RMS schedule, so its "
                     "gain is not only step size",
@@ -345,8 +357,7 @@ def step_size_answer(rows: Sequence[ClaimRow]) -> str:
     for row in control:
         sentences.append(f"On {row.task}: {answers[row.verdict]} (effect {fmt_effect(row)}, "
                          f"MDE {row.mde:.2f}, n {row.n}).")
-    return "**Does the cosine p schedule help beyond its implicit step size?** " + " ".join(
-        sentences)
+    return question + " ".join(sentences)
 
 
 # --------------------------------------------------------------------------------------------
@@ -387,5 +398,9 @@ def markdown(rows: Sequence[ClaimRow]) -> str:
 
 
 def effect_notes(claims: Iterable[Claim] = CLAIMS) -> str:
-    """Where each claim's paper effect comes from, as a list."""
-    return "\n".join(f"- {claim.name}: {claim.effect_note}." for claim in claims)
+    """Where each claim's paper effect comes from, as a list (claims sharing a source
+    together)."""
+    by_note: dict[str, list[str]] = {}
+    for claim in claims:
+        by_note.setdefault(claim.effect_note, []).append(claim.name)
+    return "\n".join(f"- {'; '.join(names)}: {note}." for note, names in by_note.items())

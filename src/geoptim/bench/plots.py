@@ -18,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from geoptim.bench import stats
-from geoptim.bench.claims import ClaimRow, lr_wd
+from geoptim.bench.claims import ClaimRow, lr_wd, wd_sweep
 from geoptim.bench.results import Section, Series
 
 DPI = 100
@@ -159,7 +159,7 @@ def gap_vs_lr_wd(section: Section, path: Path) -> bool:
     """Grokking: per optimizer, the steps until test accuracy reaches τ (Kaplan-Meier median;
     hollow marker: more than half the runs never got there, drawn at the budget) and the mean
     grokking gap of the runs that fitted, against ``lr * wd`` of the weight-decay sweep."""
-    sweep = [s for s in section.series if set(s.variant) == {"weight_decay"}]
+    sweep = wd_sweep(section)
     if not sweep:
         return False
     fig = Figure(figsize=(10.4, 3.9))
@@ -188,7 +188,7 @@ def gap_vs_lr_wd(section: Section, path: Path) -> bool:
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     ax_time.legend(fontsize=7)
-    fig.suptitle(f"{section.title}: grokking against lr·wd (hollow: most runs never "
+    fig.suptitle(f"{section.title}: time to generalise and gap against lr·wd (hollow: most runs never "
                  "generalised; drawn at the budget)", fontsize=10)
     _layout(fig)
     fig.savefig(path, dpi=DPI)
@@ -204,7 +204,7 @@ def forest(rows: Sequence[ClaimRow], path: Path, title: str) -> bool:
         return False
     metrics = list(dict.fromkeys(row.metric for row in rows))
     heights = [sum(row.metric == m for row in rows) for m in metrics]
-    fig = Figure(figsize=(10.0, 1.3 + 0.34 * sum(heights) + 0.5 * len(metrics)))
+    fig = Figure(figsize=(10.0, 1.4 + 0.3 * sum(heights) + 0.6 * len(metrics)))
     axes = fig.subplots(len(metrics), 1, squeeze=False,
                         gridspec_kw={"height_ratios": heights})[:, 0]
     colours = {"reproduced": "tab:green", "refuted": "tab:red", "equivalent": "tab:blue",
@@ -225,11 +225,15 @@ def forest(rows: Sequence[ClaimRow], path: Path, title: str) -> bool:
         ax.set_yticklabels([_short(row) for row in chosen], fontsize=7)
         ax.set_xlabel(f"effect: {metric}", fontsize=8)
         ax.grid(axis="x", alpha=0.3)
-    handles = [ax.plot([], [], "o-", color=c, label=v)[0] for v, c in colours.items()]
-    handles.append(axes[0].plot([], [], "D", color="black", mfc="none", label="paper")[0])
-    axes[0].legend(handles=handles, fontsize=7, loc="lower right", ncol=3)
-    fig.suptitle(f"{title} (95% intervals; shaded: equivalence margin)", fontsize=10)
-    fig.subplots_adjust(left=0.42, right=0.98, bottom=0.08, top=0.92, hspace=0.55)
+    handles = [axes[0].plot([], [], "o-", color=c, label=v)[0] for v, c in colours.items()]
+    handles.append(axes[0].plot([], [], "D", color="black", mfc="none",
+                                label="paper's effect")[0])
+    height = fig.get_figheight()
+    fig.legend(handles=handles, fontsize=7, loc="upper center", ncol=6,
+               bbox_to_anchor=(0.5, 1 - 0.4 / height), frameon=False)
+    fig.suptitle(f"{title} (shaded: equivalence margin)", fontsize=10)
+    fig.subplots_adjust(left=0.42, right=0.98, bottom=0.55 / height, top=1 - 0.8 / height,
+                        hspace=0.9 / height * len(metrics))
     fig.savefig(path, dpi=DPI)
     return True
 
