@@ -5,7 +5,6 @@ and claims (effect, interval, MDE, verdict) are written."""
 from __future__ import annotations
 
 import json
-import re
 import statistics
 import sys
 from pathlib import Path

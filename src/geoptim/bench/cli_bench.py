@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="parallel worker processes, one torch thread each (default: one per "
                              "core)")
     parser.add_argument("--quiet", action="store_true", help="log lines instead of a bar")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan with its estimated time, list the runs and stop")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan with its estimated time, list the runs and stop")
     parser.add_argument("--no-report", action="store_true", help="do not build the report")
 
 

@@ -188,8 +188,8 @@ def gap_vs_lr_wd(section: Section, path: Path) -> bool:
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     ax_time.legend(fontsize=7)
-    fig.suptitle(f"{section.title}: time to generalise and gap against lr·wd (hollow: most runs never "
-                 "generalised; drawn at the budget)", fontsize=10)
+    fig.suptitle(f"{section.title}: time to generalise and gap against lr·wd (hollow: most "
+                 "runs never generalised; drawn at the budget)", fontsize=10)
     _layout(fig)
     fig.savefig(path, dpi=DPI)
     return True
