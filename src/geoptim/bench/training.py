@@ -413,6 +413,7 @@ def train(
         "device": str(device),
         "data_hash": data.data_hash(),
     }
+    task.__dict__["_data_hash"] = extra["data_hash"]  # task.data_hash() need not rebuild the data
     if agr_changes:
         extra["agr_relative_change"] = statistics.median(agr_changes)
     return {"curves": curves.data, "final": final, "steps": step, "extra": extra}

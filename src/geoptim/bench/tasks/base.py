@@ -58,6 +58,8 @@ class Task:
     """Measured seconds per optimizer step (single thread, default options, CPU)."""
     EVAL_SECONDS: ClassVar[float] = 0.0
     """Measured seconds per checkpoint evaluation (same conditions)."""
+    TUNING_METRIC: ClassVar[str] = "val_acc"
+    """What ``geoptim tune`` maximises (a validation metric; see :mod:`geoptim.bench.tune`)."""
 
     def default_budget(self, suite: str) -> dict[str, Any]:
         """The budget for ``suite`` (``"quick"`` or ``"full"``)."""
@@ -113,7 +115,10 @@ class TrainableTask(Task):
         raise NotImplementedError
 
     def data_hash(self) -> str:
-        return self.make_data(0).data_hash()
+        """The hash of ``make_data(0)`` (computed once per task object; a run stores it too)."""
+        if "_data_hash" not in self.__dict__:
+            self.__dict__["_data_hash"] = self.make_data(0).data_hash()
+        return self.__dict__["_data_hash"]
 
     def budget_steps(self, budget: dict[str, Any]) -> tuple[int, int]:
         from geoptim.bench.training import budget_steps

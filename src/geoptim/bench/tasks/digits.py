@@ -48,7 +48,7 @@ class DigitsTask(TrainableTask):
         check_choice("activation", self.activation, ACTIVATIONS)
 
     def _budgets(self) -> dict[str, dict[str, Any]]:
-        return {"quick": {"epochs": 6}, "full": {"epochs": 30}}
+        return {"quick": {"epochs": 30}, "full": {"epochs": 100}}
 
     def _build_model(self) -> nn.Module:
         cls = DigitsResNet if self.model == "resnet" else DigitsVGG

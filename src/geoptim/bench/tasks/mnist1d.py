@@ -34,7 +34,7 @@ class MNIST1DTask(TrainableTask):
     n_val: int = 500
 
     def _budgets(self) -> dict[str, dict[str, Any]]:
-        return {"quick": {"epochs": 8}, "full": {"epochs": 50}}
+        return {"quick": {"epochs": 20}, "full": {"epochs": 60}}
 
     def _build_model(self) -> nn.Module:
         return MNIST1DCNN(self.channels)
