@@ -237,7 +237,7 @@ def _tensor_data(batch_size: int | None = 4, seed: int = 0) -> data.TensorData:
 
 def test_hold_out() -> None:
     x, y = torch.arange(20).unsqueeze(1), torch.arange(20)
-    (x_rest, y_rest), (x_held, y_held) = data.hold_out((x, y), 5, seed=3)
+    (_, y_rest), (x_held, y_held) = data.hold_out((x, y), 5, seed=3)
     assert len(y_held) == 5 and len(y_rest) == 15
     assert sorted(torch.cat([y_rest, y_held]).tolist()) == list(range(20))
     assert torch.equal(x_held.squeeze(1), y_held)

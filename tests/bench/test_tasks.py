@@ -70,8 +70,9 @@ def test_make_model_is_seeded() -> None:
 def test_splits_fixed_and_hashed() -> None:
     """Every CPU task's splits are the same for every run seed (the seed orders batches only),
     the data hash names them, and an option that changes the data changes the hash."""
+    small = {"num_samples": 500, "n_val": 50}
     for name in ("grokking", "digits", "mnist1d"):
-        task = tasks.get_task(name, **({"num_samples": 500, "n_val": 50} if name == "mnist1d" else {}))
+        task = tasks.get_task(name, **(small if name == "mnist1d" else {}))
         first, other = task.make_data(0), task.make_data(7)
         assert torch.equal(first.x_test, other.x_test) and torch.equal(first.y_train, other.y_train)
         assert first.val is not None and len(first.val[1]) > 0
@@ -79,8 +80,8 @@ def test_splits_fixed_and_hashed() -> None:
     changed = {"grokking": {"split_seed": 1}, "digits": {"label_noise": 0.1},
                "quadratic": {"problem": "weak"}, "mnist1d": {"num_samples": 500, "n_val": 40}}
     for name, options in changed.items():
-        base = {"num_samples": 500, "n_val": 50} if name == "mnist1d" else {}
-        assert tasks.get_task(name, **base).data_hash() != tasks.get_task(name, **options).data_hash()
+        base = tasks.get_task(name, **(small if name == "mnist1d" else {}))
+        assert base.data_hash() != tasks.get_task(name, **options).data_hash()
 
 
 def test_estimated_seconds() -> None:

@@ -114,7 +114,7 @@ def test_tuner_selects_on_validation_with_tuning_seeds(tmp_path):
     path, trials = tune.tune(task, "heldout", {}, "sgdm", 10, tmp_path, seeds=2, space=space)
     preset = presets.load_preset_file(path)
     assert preset["hparams"]["lr"] == 1e-2  # the test split's favourite would be 0.1
-    assert [t.setting["lr"] for t in trials][0] == 1e-2 and len(trials) == 3
+    assert trials[0].setting["lr"] == 1e-2 and len(trials) == 3
     check_provenance(preset["provenance"], preset["hparams"])
     assert preset["provenance"]["seeds"] == [1000, 1001] and set(SEEN_SEEDS) == {1000, 1001}
     assert preset["provenance"]["search_space"] == space

@@ -70,7 +70,7 @@ SCHEDULE_KEYS = ("lr", "weight_decay", "warmup_frac", "lr_schedule", "p_max", "p
 LR_SCHEDULES = ("cosine", "constant")
 P_SCHEDULES = ("cosine", "constant")
 BENCH_OPTIMIZERS = ("sgdm_rms",)
-"""Optimizers that exist only in the benchmark (built here, not by :func:`geoptim.create_optimizer`)."""
+"""Optimizers that exist only in the benchmark (built here, not by ``geoptim.create_optimizer``)."""
 AGR_PROBES = 8
 
 

@@ -55,7 +55,9 @@ class Task:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     STEP_SECONDS: ClassVar[float] = 0.0
-    """Measured seconds per optimizer step (single thread, default options, CPU)."""
+    """Measured seconds per optimizer step (single thread, default options, CPU). The values
+    were taken on the shared 2-core development machine: steps at load ~1, evaluations at load
+    ~15 and divided by the slow-down the step time showed then (5.6x); treat them as +-50%."""
     EVAL_SECONDS: ClassVar[float] = 0.0
     """Measured seconds per checkpoint evaluation (same conditions)."""
     TUNING_METRIC: ClassVar[str] = "val_acc"

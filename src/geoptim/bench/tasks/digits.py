@@ -30,6 +30,8 @@ MODELS = ("resnet", "vgg")
 @dataclasses.dataclass
 class DigitsTask(TrainableTask):
     name: ClassVar[str] = "digits"
+    STEP_SECONDS: ClassVar[float] = 7.4e-3
+    EVAL_SECONDS: ClassVar[float] = 0.03
     description: ClassVar[str] = (
         "sklearn 8x8 digits, small ResNet or VGG with BatchNorm (ReLU or leaky ReLU), "
         "mini-batches; train NLL / test top-1 per epoch"

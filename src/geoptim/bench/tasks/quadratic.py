@@ -57,6 +57,7 @@ class QuadraticTask(Task):
     )
 
     TUNING_METRIC: ClassVar[str] = "-train_loss"
+    STEP_SECONDS: ClassVar[float] = 2e-4
 
     problem: str = "strong"
     w0: tuple[float, float] = (0.5, 2.0)
