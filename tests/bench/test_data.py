@@ -231,8 +231,7 @@ def test_augment_is_a_crop_or_flipped_crop() -> None:
 def _tensor_data(batch_size: int | None = 4, seed: int = 0) -> data.TensorData:
     x = torch.arange(10, dtype=torch.float32).unsqueeze(1)
     y = torch.arange(10) % 2
-    return data.TensorData(x, y, x[:4], y[:4], val=(x[:3], y[:3]), batch_size=batch_size,
-                           seed=seed)
+    return data.TensorData(x, y, x[:4], y[:4], val=(x[:3], y[:3]), batch_size=batch_size, seed=seed)
 
 
 def test_hold_out() -> None:
@@ -251,8 +250,9 @@ def test_data_hash() -> None:
     assert first == _tensor_data(seed=9).data_hash()  # the seed orders batches, not the data
     assert len(first) == 16 and int(first, 16) >= 0
     td = _tensor_data()
-    changed = data.TensorData(td.x_train, td.y_train, td.x_test, 1 - td.y_test, val=td.val,
-                              batch_size=4, seed=0)
+    changed = data.TensorData(
+        td.x_train, td.y_train, td.x_test, 1 - td.y_test, val=td.val, batch_size=4, seed=0
+    )
     assert changed.data_hash() != first
     no_val = data.TensorData(td.x_train, td.y_train, td.x_test, td.y_test, batch_size=4, seed=0)
     assert no_val.data_hash() != first
@@ -298,8 +298,14 @@ def test_tensor_data_evaluate() -> None:
     model.train()
     metrics = td.evaluate(model)
     assert model.training
-    assert set(metrics) == {"train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
-                            "test_acc"}
+    assert set(metrics) == {
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "test_loss",
+        "test_acc",
+    }
     assert metrics["train_acc"] == 0.5 and metrics["test_acc"] == 0.5
     assert metrics["val_acc"] == pytest.approx(2 / 3)  # labels 0, 1, 0
     with torch.no_grad():

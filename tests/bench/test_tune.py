@@ -31,14 +31,26 @@ class HeldOutTask:
     def data_hash(self) -> str:
         return "0123456789abcdef"
 
-    def run(self, optimizer: str, hparams: dict[str, Any], seed: int, budget: dict[str, Any],
-            progress: Any = None, callbacks: Any = ()) -> dict[str, Any]:
+    def run(
+        self,
+        optimizer: str,
+        hparams: dict[str, Any],
+        seed: int,
+        budget: dict[str, Any],
+        progress: Any = None,
+        callbacks: Any = (),
+    ) -> dict[str, Any]:
         SEEN_SEEDS.append(seed)
         log_lr = math.log10(hparams["lr"])
         val = 0.9 - 0.1 * abs(log_lr + 2) + 1e-4 * (seed % 7)
         test = 0.9 - 0.1 * abs(log_lr + 1)
-        curves = {"step": [0, 1, 2], "train_loss": [2.0, 1.0, 0.5], "val_acc": [0.1, 0.5, val],
-                  "test_acc": [0.1, 0.5, test], "time_s": [0.0, 0.1, 0.2]}
+        curves = {
+            "step": [0, 1, 2],
+            "train_loss": [2.0, 1.0, 0.5],
+            "val_acc": [0.1, 0.5, val],
+            "test_acc": [0.1, 0.5, test],
+            "time_s": [0.0, 0.1, 0.2],
+        }
         final = {key: values[-1] for key, values in curves.items() if key != "step"}
         return {"curves": curves, "final": final, "steps": 2, "extra": {"diverged": False}}
 
@@ -75,7 +87,8 @@ def test_grid_spans_lr_weight_decay_and_p_max():
     assert len(points) == len(tune.LR_FACTORS) * len(tune.WD_FACTORS) * len(tune.P_MAX_VALUES)
     lr, wd = base["lr"], base["weight_decay"]
     assert sorted(p["lr"] for p in points if p["weight_decay"] == wd and p["p_max"] == 6) == [
-        pytest.approx(lr * f) for f in tune.LR_FACTORS]
+        pytest.approx(lr * f) for f in tune.LR_FACTORS
+    ]
     assert {p["weight_decay"] for p in points} == {0.0, wd / 10, wd, wd * 10}
     assert {"lr": lr, "weight_decay": wd, "p_max": 6} in points
     no_wd = tune.grid("normsgd", paper_preset("digits", "normsgd"))
@@ -146,8 +159,13 @@ def test_shipped_presets_provenance():
 
 
 def test_tuned_presets_cover_their_base_optimizers():
-    entry = {"task": "digits", "task_overrides": {}, "optimizer": "lpsgdm",
-             "hparams": {"lr": 0.5, "p_max": 4}, "provenance": {"source": "geoptim tune"}}
+    entry = {
+        "task": "digits",
+        "task_overrides": {},
+        "optimizer": "lpsgdm",
+        "hparams": {"lr": 0.5, "p_max": 4},
+        "provenance": {"source": "geoptim tune"},
+    }
     loaded = presets.Presets([entry])
     assert loaded.hparams("digits", {}, "sgdm_rms") == {"lr": 0.5, "p_max": 4}
     assert loaded.source("digits", {}, "sgdm_rms") == "tuned"
@@ -161,8 +179,25 @@ def test_tuned_presets_cover_their_base_optimizers():
 
 def test_tune_writes_a_preset_that_bench_uses(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["tune", "--task", "heldout", "--optimizer", "sgdm", "--budget", "100",
-                 "--workers", "1", "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                "--task",
+                "heldout",
+                "--optimizer",
+                "sgdm",
+                "--budget",
+                "100",
+                "--workers",
+                "1",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     preset = json.loads((out / "presets" / "heldout__sgdm.json").read_text())
     assert preset["hparams"]["lr"] == 0.01
     assert preset["task"] == "heldout" and preset["optimizer"] == "sgdm"
@@ -170,8 +205,27 @@ def test_tune_writes_a_preset_that_bench_uses(tmp_path, capsys):
     check_provenance(preset["provenance"], preset["hparams"])
     assert "best: {'lr': 0.01" in capsys.readouterr().out
 
-    assert main(["bench", "--tasks", "heldout", "--optimizers", "sgdm", "lion", "--presets",
-                 "tuned", "--workers", "1", "--quiet", "--no-report", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--tasks",
+                "heldout",
+                "--optimizers",
+                "sgdm",
+                "lion",
+                "--presets",
+                "tuned",
+                "--workers",
+                "1",
+                "--quiet",
+                "--no-report",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     recs = list(records.iter_records(out))
     sgdm = [r for r in recs if r["config"]["optimizer"] == "sgdm"]
     assert sgdm and all(r["config"]["hparams"] == preset["hparams"] for r in sgdm)
@@ -180,9 +234,28 @@ def test_tune_writes_a_preset_that_bench_uses(tmp_path, capsys):
     lion_preset = json.loads(json.dumps(paper_preset("heldout", "lion")))
     assert lion and all(r["config"]["hparams"] == lion_preset for r in lion)
 
-    assert main(["bench", "--tasks", "heldout", "--optimizers", "sgdm", "--workers", "1",
-                 "--quiet", "--no-report", "--presets", "paper", "--preset-file",
-                 str(out / "presets" / "heldout__sgdm.json"), "--out", str(tmp_path / "o2")]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--tasks",
+                "heldout",
+                "--optimizers",
+                "sgdm",
+                "--workers",
+                "1",
+                "--quiet",
+                "--no-report",
+                "--presets",
+                "paper",
+                "--preset-file",
+                str(out / "presets" / "heldout__sgdm.json"),
+                "--out",
+                str(tmp_path / "o2"),
+            ]
+        )
+        == 0
+    )
     (rec,) = [r for r in records.iter_records(tmp_path / "o2") if r["seed"] == 0]
     assert rec["config"]["hparams"]["lr"] == 0.01
 

@@ -109,14 +109,14 @@ CITATIONS = {
 DEFAULT_CITATION = "LPSGD paper's CIFAR settings (SepNorm paper's Lion rule; Adan's defaults)"
 
 
-def paper_preset(task: str, optimizer: str, task_overrides: dict[str, Any] | None = None
-                 ) -> dict[str, Any]:
+def paper_preset(
+    task: str, optimizer: str, task_overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The papers' hyper-parameters for ``optimizer`` on ``task`` (a fresh dict); a task
     variant (``grokking[model=transformer]``) has its own entry or falls back to the task's."""
     if optimizer not in DEFAULT_PRESETS:
         raise KeyError(f"no preset for optimizer {optimizer!r}")
-    per_task = TASK_PRESETS.get(task_label(task, task_overrides or {}),
-                                TASK_PRESETS.get(task, {}))
+    per_task = TASK_PRESETS.get(task_label(task, task_overrides or {}), TASK_PRESETS.get(task, {}))
     base = PRESET_BASE.get(optimizer, optimizer)
     return {
         **_SCHEDULE,
@@ -128,8 +128,11 @@ def paper_preset(task: str, optimizer: str, task_overrides: dict[str, Any] | Non
 
 def paper_provenance(task: str, optimizer: str) -> dict[str, Any]:
     """The provenance of a paper preset."""
-    return {"source": "paper", "citation": CITATIONS.get(task, DEFAULT_CITATION),
-            "optimizer": PRESET_BASE.get(optimizer, optimizer)}
+    return {
+        "source": "paper",
+        "citation": CITATIONS.get(task, DEFAULT_CITATION),
+        "optimizer": PRESET_BASE.get(optimizer, optimizer),
+    }
 
 
 def preset_filename(task: str, task_overrides: dict[str, Any], optimizer: str) -> str:
@@ -161,8 +164,7 @@ def check_preset(data: Any, where: str) -> dict[str, Any]:
     """``data`` if it is a well-formed tuned preset; ``ValueError`` naming ``where`` if not."""
     if not isinstance(data, dict):
         raise ValueError(f"{where} does not hold a JSON object")
-    for key, kind in (("task", str), ("optimizer", str), ("hparams", dict),
-                      ("provenance", dict)):
+    for key, kind in (("task", str), ("optimizer", str), ("hparams", dict), ("provenance", dict)):
         if not isinstance(data.get(key), kind):
             raise ValueError(f"{where} lacks {key!r} ({kind.__name__})")
     data.setdefault("task_overrides", {})
@@ -183,12 +185,14 @@ def load_preset_file(path: str | Path) -> dict[str, Any]:
 def shipped_presets() -> list[dict[str, Any]]:
     """The tuned presets shipped with the package (:data:`SHIPPED_FILE`)."""
     entries = json.loads(SHIPPED_FILE.read_text(encoding="utf-8"))["presets"]
-    return [check_preset(entry, f"{SHIPPED_FILE.name} entry {i}")
-            for i, entry in enumerate(entries)]
+    return [
+        check_preset(entry, f"{SHIPPED_FILE.name} entry {i}") for i, entry in enumerate(entries)
+    ]
 
 
-def load_presets(choice: str, folder: str | Path | None = None,
-                 files: Iterable[str | Path] = ()) -> Presets:
+def load_presets(
+    choice: str, folder: str | Path | None = None, files: Iterable[str | Path] = ()
+) -> Presets:
     """The presets ``geoptim bench --presets CHOICE`` uses: ``"paper"`` (only the papers'),
     or ``"tuned"``: the shipped tuned presets, replaced by those in ``folder`` (``DIR/presets``)
     and then by ``files``."""
@@ -214,8 +218,9 @@ class Presets:
             key = (task_label(data["task"], data["task_overrides"]), data["optimizer"])
             self._tuned[key] = data
 
-    def _find(self, task: str, task_overrides: dict[str, Any], optimizer: str
-              ) -> dict[str, Any] | None:
+    def _find(
+        self, task: str, task_overrides: dict[str, Any], optimizer: str
+    ) -> dict[str, Any] | None:
         label = task_label(task, task_overrides)
         found = self._tuned.get((label, optimizer))
         if found is None and optimizer in PRESET_BASE:
@@ -232,8 +237,9 @@ class Presets:
         """``"tuned"`` or ``"paper"``."""
         return "paper" if self._find(task, task_overrides, optimizer) is None else "tuned"
 
-    def provenance(self, task: str, task_overrides: dict[str, Any], optimizer: str
-                   ) -> dict[str, Any]:
+    def provenance(
+        self, task: str, task_overrides: dict[str, Any], optimizer: str
+    ) -> dict[str, Any]:
         """How the preset of ``hparams`` was chosen (a fresh dict)."""
         tuned = self._find(task, task_overrides, optimizer)
         if tuned is None:

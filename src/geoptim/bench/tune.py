@@ -73,15 +73,17 @@ def search_space(optimizer: str, base: dict[str, Any]) -> dict[str, list[Any]]:
     return axes
 
 
-def grid(optimizer: str, base: dict[str, Any],
-         space: dict[str, Sequence[Any]] | None = None) -> list[dict[str, Any]]:
+def grid(
+    optimizer: str, base: dict[str, Any], space: dict[str, Sequence[Any]] | None = None
+) -> list[dict[str, Any]]:
     """Every point of ``space`` (default :func:`search_space`)."""
     axes = space if space is not None else search_space(optimizer, base)
     return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
 
 
-def choose(points: list[dict[str, Any]], base: dict[str, Any], budget: int,
-           seed: int = 0) -> list[dict[str, Any]]:
+def choose(
+    points: list[dict[str, Any]], base: dict[str, Any], budget: int, seed: int = 0
+) -> list[dict[str, Any]]:
     """The preset's own point first (when it is in the grid), then others drawn at random, up
     to ``budget`` points."""
     own = {key: base.get(key, 0.0) for key in points[0]}
@@ -118,8 +120,15 @@ def score(records: list[dict[str, Any] | None], metric: str = "val_acc") -> floa
     return float(np.mean(values)) if values else -math.inf
 
 
-def provenance(task: Any, metric: str, space: dict[str, Sequence[Any]], trials: int,
-               seeds: Sequence[int], budget: dict[str, Any], suite: str) -> dict[str, Any]:
+def provenance(
+    task: Any,
+    metric: str,
+    space: dict[str, Sequence[Any]],
+    trials: int,
+    seeds: Sequence[int],
+    budget: dict[str, Any],
+    suite: str,
+) -> dict[str, Any]:
     """How a tuned preset was chosen: what every shipped or tuned preset carries."""
     data_hash = getattr(task, "data_hash", None)
     return {
@@ -136,10 +145,19 @@ def provenance(task: Any, metric: str, space: dict[str, Sequence[Any]], trials: 
     }
 
 
-def tune(task: Any, task_name: str, task_overrides: dict[str, Any], optimizer: str,
-         budget: int, out_dir: str | Path, seeds: int = 1, suite: str = "quick",
-         workers: int = 1, quiet: bool = False,
-         space: dict[str, Sequence[Any]] | None = None) -> tuple[Path, list[Trial]]:
+def tune(
+    task: Any,
+    task_name: str,
+    task_overrides: dict[str, Any],
+    optimizer: str,
+    budget: int,
+    out_dir: str | Path,
+    seeds: int = 1,
+    suite: str = "quick",
+    workers: int = 1,
+    quiet: bool = False,
+    space: dict[str, Sequence[Any]] | None = None,
+) -> tuple[Path, list[Trial]]:
     """Run the search and write the tuned preset; return its path and the trials, best first."""
     base = paper_preset(task_name, optimizer, task_overrides)
     axes = space if space is not None else search_space(optimizer, base)
@@ -150,26 +168,44 @@ def tune(task: Any, task_name: str, task_overrides: dict[str, Any], optimizer: s
     trial_dir = Path(out_dir) / TUNE_SUBDIR
     specs = {
         id(point): [
-            RunSpec(task=task_name, task_overrides=dict(task_overrides), optimizer=optimizer,
-                    hparams={**base, **point}, seed=seed, budget=run_budget,
-                    variant=point, suite=f"tune-{suite}")
+            RunSpec(
+                task=task_name,
+                task_overrides=dict(task_overrides),
+                optimizer=optimizer,
+                hparams={**base, **point},
+                seed=seed,
+                budget=run_budget,
+                variant=point,
+                suite=f"tune-{suite}",
+            )
             for seed in seed_list
         ]
         for point in points
     }
-    execute([s for group in specs.values() for s in group], trial_dir, workers=workers,
-            quiet=quiet)
+    execute([s for group in specs.values() for s in group], trial_dir, workers=workers, quiet=quiet)
     trials = [
-        Trial(point, score([read_record(record_path(trial_dir, s.run_id))
-                            for s in specs[id(point)]], metric), seeds)
+        Trial(
+            point,
+            score(
+                [read_record(record_path(trial_dir, s.run_id)) for s in specs[id(point)]], metric
+            ),
+            seeds,
+        )
         for point in points
     ]
     trials.sort(key=lambda t: t.score, reverse=True)
     best = trials[0]
     info = provenance(task, metric, axes, len(points), seed_list, run_budget, suite)
     info["score"] = best.score if math.isfinite(best.score) else None
-    info["all_trials"] = [{"setting": t.setting,
-                           "score": t.score if math.isfinite(t.score) else None} for t in trials]
-    path = save_tuned(Path(out_dir) / PRESETS_SUBDIR, task_name, task_overrides, optimizer,
-                      {**base, **best.setting}, info)
+    info["all_trials"] = [
+        {"setting": t.setting, "score": t.score if math.isfinite(t.score) else None} for t in trials
+    ]
+    path = save_tuned(
+        Path(out_dir) / PRESETS_SUBDIR,
+        task_name,
+        task_overrides,
+        optimizer,
+        {**base, **best.setting},
+        info,
+    )
     return path, trials

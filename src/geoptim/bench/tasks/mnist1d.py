@@ -46,5 +46,6 @@ class MNIST1DTask(TrainableTask):
 
     def make_data(self, seed: int) -> TensorData:
         splits = load_mnist1d(self.num_samples, self.data_seed, self.n_val)
-        return TensorData.from_splits(splits, batch_size=self.batch_size, seed=seed,
-                                      eval_train_size=self.eval_train_size)
+        return TensorData.from_splits(
+            splits, batch_size=self.batch_size, seed=seed, eval_train_size=self.eval_train_size
+        )
