@@ -111,23 +111,41 @@ def test_epoch_budget_curves_and_callbacks() -> None:
     assert set(recorder.momenta) == {0.5}  # optimizer keywords reach the optimizer
     curves = result["curves"]
     assert curves["step"] == [0, 3, 6, 9, 12] and curves["epoch"] == [0, 1, 2, 3, 4]
-    keys = {"step", "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
-            "test_acc", "time_s"}
+    keys = {
+        "step",
+        "epoch",
+        "lr",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "test_loss",
+        "test_acc",
+        "time_s",
+    }
     assert set(curves) == keys
     assert all(len(v) == 5 for v in curves.values())
     assert curves["time_s"] == sorted(curves["time_s"])
     assert fractions == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert result["final"] == {k: curves[k][-1] for k in keys - {"step", "epoch", "lr"}}
     data_hash = ToyTask().make_data(0).data_hash()
-    assert result["extra"] == {"diverged": False, "num_params": 50, "device": "cpu",
-                               "data_hash": data_hash}
+    assert result["extra"] == {
+        "diverged": False,
+        "num_params": 50,
+        "device": "cpu",
+        "data_hash": data_hash,
+    }
     assert curves["train_loss"][-1] < curves["train_loss"][0]
 
 
 def test_step_budget_and_cosine_lr() -> None:
     recorder = Recorder()
     result = train(
-        ToyTask(), "sgd", {"lr": 0.2, "warmup_frac": 0.25}, 0, {"steps": 8, "eval_every": 5},
+        ToyTask(),
+        "sgd",
+        {"lr": 0.2, "warmup_frac": 0.25},
+        0,
+        {"steps": 8, "eval_every": 5},
         callbacks=[recorder],
     )
     assert result["curves"]["step"] == [0, 5, 8]
@@ -139,8 +157,14 @@ def test_step_budget_and_cosine_lr() -> None:
 
 def test_batches_per_epoch_cap() -> None:
     recorder = Recorder()
-    result = train(ToyTask(), "sgd", {"lr": 0.1}, 0, {"epochs": 3, "batches_per_epoch": 2},
-                   callbacks=[recorder])
+    result = train(
+        ToyTask(),
+        "sgd",
+        {"lr": 0.1},
+        0,
+        {"epochs": 3, "batches_per_epoch": 2},
+        callbacks=[recorder],
+    )
     assert result["steps"] == 6 and recorder.epochs == [1, 2, 3]
     assert result["curves"]["epoch"] == [0, 1, 2, 3]
 
@@ -156,8 +180,7 @@ def test_p_schedule_for_lpsgd() -> None:
 
 def test_divergence_stops_cleanly() -> None:
     recorder = Recorder()
-    result = train(ToyTask(nan_after=3), "sgd", {"lr": 0.1}, 0, {"epochs": 5},
-                   callbacks=[recorder])
+    result = train(ToyTask(nan_after=3), "sgd", {"lr": 0.1}, 0, {"epochs": 5}, callbacks=[recorder])
     assert result["extra"]["diverged"] is True
     assert result["steps"] == 2 and recorder.steps == [1, 2]
     assert result["curves"]["step"] == [0, 2]  # a last checkpoint where it stopped
@@ -185,12 +208,18 @@ def test_missing_lr() -> None:
 
 
 def test_constant_p_schedule_keeps_p_max() -> None:
-    result = train(ToyTask(), "lpsgdm", {"lr": 0.01, "p_max": 6.0, "p_schedule": "constant"}, 0,
-                   {"epochs": 3})
+    result = train(
+        ToyTask(), "lpsgdm", {"lr": 0.01, "p_max": 6.0, "p_schedule": "constant"}, 0, {"epochs": 3}
+    )
     assert result["curves"]["p"] == [6.0] * 4
     with pytest.raises(ValueError, match="p_schedule"):
-        train(ToyTask(), "lpsgdm", {"lr": 0.01, "p_max": 6.0, "p_schedule": "linear"}, 0,
-              {"epochs": 1})
+        train(
+            ToyTask(),
+            "lpsgdm",
+            {"lr": 0.01, "p_max": 6.0, "p_schedule": "linear"},
+            0,
+            {"epochs": 1},
+        )
 
 
 class FirstLook:
@@ -258,5 +287,7 @@ def test_agr_relative_change_recorded() -> None:
     result = train(ToyTask(), "adamw_agr", {"lr": 0.01}, 0, {"epochs": 3})
     change = result["extra"]["agr_relative_change"]
     assert 0.0 < change < 1.0
-    assert "agr_relative_change" not in train(ToyTask(), "adamw", {"lr": 0.01}, 0,
-                                              {"epochs": 1})["extra"]
+    assert (
+        "agr_relative_change"
+        not in train(ToyTask(), "adamw", {"lr": 0.01}, 0, {"epochs": 1})["extra"]
+    )

@@ -40,9 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seeds per setting (default: the suite's, 3 for quick)")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                         help=f"output directory for records and report (default {DEFAULT_OUT})")
-    parser.add_argument("--presets", choices=("paper", "tuned"), default="paper",
-                        help="hyper-parameters: the papers' (default) or those `geoptim tune` "
-                             "wrote to DIR/presets (paper where none was tuned)")
+    parser.add_argument("--presets", choices=("paper", "tuned"), default="tuned",
+                        help="hyper-parameters: tuned on validation data (default: the shipped "
+                             "ones, replaced by those `geoptim tune` wrote to DIR/presets; "
+                             "paper where none was tuned) or the papers'")
     parser.add_argument("--preset-file", action="append", default=[], metavar="FILE",
                         help="use this tuned preset JSON (repeatable)")
     parser.add_argument("--workers", type=positive_int, metavar="N",
@@ -56,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def plan(args: argparse.Namespace) -> list[RunSpec]:
     """The run specs the arguments ask for; :class:`ConfigError` on any bad value."""
-    from geoptim.bench.presets import PRESETS_SUBDIR, Presets, load_preset_file
+    from geoptim.bench.presets import PRESETS_SUBDIR, load_presets
     from geoptim.bench.suites import build_specs, select
 
     tasks = [parse_task(t) for t in split_names(args.tasks)] if args.tasks else None
@@ -65,11 +66,8 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
         check_tasks(tasks)
     if optimizers is not None:
         check_optimizers(optimizers)
-    files = list(args.preset_file)
-    if args.presets == "tuned":
-        files = sorted((Path(args.out) / PRESETS_SUBDIR).glob("*.json")) + files
     try:
-        tuned = [load_preset_file(path) for path in files]
+        presets = load_presets(args.presets, Path(args.out) / PRESETS_SUBDIR, args.preset_file)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     experiments = select(args.suite, tasks, optimizers, args.seeds)
@@ -77,7 +75,7 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
         raise ConfigError("no run left: the optimizers chosen appear in none of the suite's "
                           "experiments")
     check_optimizers({name for exp in experiments for name in exp.optimizers})
-    return build_specs(experiments, Presets(tuned), args.suite, make_task)
+    return build_specs(experiments, presets, args.suite, make_task)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -85,8 +85,9 @@ def make_task(name: str, overrides: dict[str, Any]) -> Any:
 def check_optimizers(names: Iterable[str]) -> None:
     from geoptim import list_optimizers
     from geoptim.bench.presets import DEFAULT_PRESETS
+    from geoptim.bench.training import BENCH_OPTIMIZERS
 
-    known = list_optimizers()
+    known = [*list_optimizers(), *BENCH_OPTIMIZERS]
     for name in names:
         if name not in known:
             raise ConfigError(f"unknown optimizer {name!r}; known optimizers: {', '.join(known)}")

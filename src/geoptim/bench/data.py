@@ -123,8 +123,12 @@ class TensorData:
     def data_hash(self) -> str:
         """:func:`tensors_hash` of every split (computed once)."""
         if getattr(self, "_hash", None) is None:
-            named = {"x_train": self.x_train, "y_train": self.y_train,
-                     "x_test": self.x_test, "y_test": self.y_test}
+            named = {
+                "x_train": self.x_train,
+                "y_train": self.y_train,
+                "x_test": self.x_test,
+                "y_test": self.y_test,
+            }
             if self.val is not None:
                 named.update(x_val=self.val[0], y_val=self.val[1])
             self._hash = tensors_hash(named)
@@ -188,14 +192,17 @@ def _loss_acc(
 # Modular addition
 
 
-def modular_addition(p: int, train_frac: float, split_seed: int = 0, val_frac: float = 0.0
-                     ) -> Splits:
+def modular_addition(
+    p: int, train_frac: float, split_seed: int = 0, val_frac: float = 0.0
+) -> Splits:
     """All ``p*p`` pairs ``x = (a, b)`` (int64, shape ``(p*p, 2)``), ``y = (a + b) % p``, randomly
     split: ``round(train_frac * p*p)`` pairs for training, the next ``round(val_frac * p*p)`` for
     validation, the rest for testing."""
     if not 0.0 < train_frac < 1.0 or not 0.0 <= val_frac < 1.0 - train_frac:
-        raise ValueError(f"need 0 < train_frac < 1 and 0 <= val_frac < 1 - train_frac, got "
-                         f"{train_frac}, {val_frac}")
+        raise ValueError(
+            f"need 0 < train_frac < 1 and 0 <= val_frac < 1 - train_frac, got "
+            f"{train_frac}, {val_frac}"
+        )
     a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
     x = torch.stack([a.flatten(), b.flatten()], dim=1)
     y = (x[:, 0] + x[:, 1]) % p
@@ -227,8 +234,9 @@ def corrupt_labels(y: torch.Tensor, fraction: float, num_classes: int, seed: int
 
 
 @functools.lru_cache(maxsize=4)
-def load_digits_split(n_train: int | None = None, label_noise: float = 0.0,
-                      split_seed: int = 0) -> Splits:
+def load_digits_split(
+    n_train: int | None = None, label_noise: float = 0.0, split_seed: int = 0
+) -> Splits:
     """``sklearn`` digits as 1 x 8 x 8 float32 images: a stratified test set of
     :data:`DIGITS_TEST_SIZE` (``random_state=split_seed``), a stratified validation set of
     :data:`DIGITS_VAL_SIZE` from the rest, and a stratified subset of ``n_train`` of the remaining
@@ -240,7 +248,10 @@ def load_digits_split(n_train: int | None = None, label_noise: float = 0.0,
 
     digits = load_digits()
     x_rest, x_te, y_rest, y_te = train_test_split(
-        digits.data, digits.target, test_size=DIGITS_TEST_SIZE, stratify=digits.target,
+        digits.data,
+        digits.target,
+        test_size=DIGITS_TEST_SIZE,
+        stratify=digits.target,
         random_state=split_seed,
     )
     x_tr, x_va, y_tr, y_va = train_test_split(
@@ -289,8 +300,9 @@ def load_mnist1d(num_samples: int = 5000, seed: int = 42, n_val: int = 500) -> S
         raise ValueError(f"n_val must lie in [0, {len(y)}), got {n_val}")
     x_test = torch.from_numpy(data["x_test"]).float().unsqueeze(1)
     cut = len(y) - n_val
-    return Splits((x[:cut], y[:cut]), (x[cut:], y[cut:]),
-                  (x_test, torch.from_numpy(data["y_test"]).long()))
+    return Splits(
+        (x[:cut], y[:cut]), (x[cut:], y[cut:]), (x_test, torch.from_numpy(data["y_test"]).long())
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ SCHEDULE_KEYS = ("lr", "weight_decay", "warmup_frac", "lr_schedule", "p_max", "p
 LR_SCHEDULES = ("cosine", "constant")
 P_SCHEDULES = ("cosine", "constant")
 BENCH_OPTIMIZERS = ("sgdm_rms",)
-"""Optimizers that exist only in the benchmark (built here, not by :func:`geoptim.create_optimizer`)."""
+"""Optimizers that exist only in the benchmark (built here, not by ``geoptim.create_optimizer``)."""
 AGR_PROBES = 8
 
 
@@ -134,10 +134,16 @@ def setup_optimizer(
     if name == "sgdm_rms":
         if rms_schedule is None:
             raise ValueError("sgdm_rms needs the paired LPSGDM run's rms_schedule")
-        params = (param_groups(model_or_params, weight_decay)
-                  if isinstance(model_or_params, nn.Module) else list(model_or_params))
+        params = (
+            param_groups(model_or_params, weight_decay)
+            if isinstance(model_or_params, nn.Module)
+            else list(model_or_params)
+        )
         optimizer: torch.optim.Optimizer = RMSMatchedSGDM(
-            params, rms_schedule, lr=lr, weight_decay=weight_decay,
+            params,
+            rms_schedule,
+            lr=lr,
+            weight_decay=weight_decay,
             momentum=float(kwargs.get("momentum", 0.9)),
         )
         p_max = None
@@ -176,8 +182,14 @@ class RMSMatchedSGDM(torch.optim.Optimizer):
     through the weight decay alone. Stepping past the end of the schedule raises ``IndexError``.
     """
 
-    def __init__(self, params: Any, rms_schedule: Sequence[Sequence[float]], lr: float,
-                 momentum: float = 0.9, weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        params: Any,
+        rms_schedule: Sequence[Sequence[float]],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+    ) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
         self.rms_schedule = rms_schedule
         self.steps_taken = 0
@@ -349,8 +361,9 @@ def train(
     total, eval_every = budget_steps(budget, steps_per_epoch)
     if rms_schedule is not None:
         total = min(total, len(rms_schedule))  # a diverged LPSGDM run ends the control early
-    setup = setup_optimizer(model, optimizer_name, hparams, total, -(-total // eval_every),
-                            rms_schedule=rms_schedule)
+    setup = setup_optimizer(
+        model, optimizer_name, hparams, total, -(-total // eval_every), rms_schedule=rms_schedule
+    )
     optimizer = setup.optimizer
     probes = agr_probe_steps(optimizer, total)
     agr_changes: list[float] = []
@@ -413,6 +426,7 @@ def train(
         "device": str(device),
         "data_hash": data.data_hash(),
     }
+    task.__dict__["_data_hash"] = extra["data_hash"]  # task.data_hash() need not rebuild the data
     if agr_changes:
         extra["agr_relative_change"] = statistics.median(agr_changes)
     return {"curves": curves.data, "final": final, "steps": step, "extra": extra}

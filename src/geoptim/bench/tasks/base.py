@@ -55,9 +55,13 @@ class Task:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     STEP_SECONDS: ClassVar[float] = 0.0
-    """Measured seconds per optimizer step (single thread, default options, CPU)."""
+    """Measured seconds per optimizer step (single thread, default options, CPU). The values
+    were taken on the shared 2-core development machine: steps at load ~1, evaluations at load
+    ~15 and divided by the slow-down the step time showed then (5.6x); treat them as +-50%."""
     EVAL_SECONDS: ClassVar[float] = 0.0
     """Measured seconds per checkpoint evaluation (same conditions)."""
+    TUNING_METRIC: ClassVar[str] = "val_acc"
+    """What ``geoptim tune`` maximises (a validation metric; see :mod:`geoptim.bench.tune`)."""
 
     def default_budget(self, suite: str) -> dict[str, Any]:
         """The budget for ``suite`` (``"quick"`` or ``"full"``)."""
@@ -113,7 +117,10 @@ class TrainableTask(Task):
         raise NotImplementedError
 
     def data_hash(self) -> str:
-        return self.make_data(0).data_hash()
+        """The hash of ``make_data(0)`` (computed once per task object; a run stores it too)."""
+        if "_data_hash" not in self.__dict__:
+            self.__dict__["_data_hash"] = self.make_data(0).data_hash()
+        return self.__dict__["_data_hash"]
 
     def budget_steps(self, budget: dict[str, Any]) -> tuple[int, int]:
         from geoptim.bench.training import budget_steps

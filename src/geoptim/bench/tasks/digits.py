@@ -30,6 +30,8 @@ MODELS = ("resnet", "vgg")
 @dataclasses.dataclass
 class DigitsTask(TrainableTask):
     name: ClassVar[str] = "digits"
+    STEP_SECONDS: ClassVar[float] = 7.4e-3
+    EVAL_SECONDS: ClassVar[float] = 0.03
     description: ClassVar[str] = (
         "sklearn 8x8 digits, small ResNet or VGG with BatchNorm (ReLU or leaky ReLU), "
         "mini-batches; train NLL / test top-1 per epoch"
@@ -48,7 +50,7 @@ class DigitsTask(TrainableTask):
         check_choice("activation", self.activation, ACTIVATIONS)
 
     def _budgets(self) -> dict[str, dict[str, Any]]:
-        return {"quick": {"epochs": 6}, "full": {"epochs": 30}}
+        return {"quick": {"epochs": 30}, "full": {"epochs": 100}}
 
     def _build_model(self) -> nn.Module:
         cls = DigitsResNet if self.model == "resnet" else DigitsVGG

@@ -56,6 +56,9 @@ class QuadraticTask(Task):
         "trajectory and steps to reach a target loss (GD vs signGD vs l_p)"
     )
 
+    TUNING_METRIC: ClassVar[str] = "-train_loss"
+    STEP_SECONDS: ClassVar[float] = 2e-4
+
     problem: str = "strong"
     w0: tuple[float, float] = (0.5, 2.0)
     target_frac: float = 1e-3
