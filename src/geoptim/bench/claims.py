@@ -378,19 +378,19 @@ def _fmt_p(p: float | None) -> str:
 def markdown(rows: Sequence[ClaimRow]) -> str:
     """The claims table, the step-size answer and the rule."""
     lines = [
-        "| claim | task | measured (mean ± std over seeds) | effect [95% CI] | MDE | paper "
-        "(margin) | n | n for paper | test | p | Holm p | verdict |",
-        "|" + " --- |" * 12,
+        "| claim | source | task | measured (mean ± std over seeds) | effect [95% CI] | MDE | "
+        "paper (margin) | n | n for paper | test | p | Holm p | verdict |",
+        "|" + " --- |" * 13,
     ]
     for row in rows:
         note = f" {row.note}" if row.note else ""
         lines.append(
-            f"| {row.claim} ({row.source}) | {row.task} | {row.measured}{note} | "
+            f"| {row.claim} | {row.source} | {row.task} | {row.measured}{note} | "
             f"{fmt_effect(row)} | {row.mde:.2f} | {row.paper_effect:.2f} (±{row.margin:.2f}) | "
             f"{row.n} | {row.n_for_paper if row.n_for_paper is not None else '–'} | "
             f"{row.test} | {_fmt_p(row.p)} | {_fmt_p(row.p_holm)} | **{row.verdict}** |")
     if not rows:
-        lines.append("| (no claim applies to these records) |" + " |" * 11)
+        lines.append("| (no claim applies to these records) |" + " |" * 12)
     units = (f"Effects are in the metric's units: {ACCURACY}; {GENERALISATION} (natural log of "
              "the hazard ratio; log 2 = 0.69).")
     return "\n".join([*lines, "", units, "", step_size_answer(rows), "", RULE, "",

@@ -256,8 +256,7 @@ def build_specs(
         task = make_task(exp.task, exp.task_overrides)
         budget = {**suite_budget(task, suite), **exp.budget}
         for optimizer in exp.optimizers:
-            source = PRESET_OF.get(optimizer, optimizer)
-            base = presets.hparams(exp.task, exp.task_overrides, source)
+            base = presets.hparams(exp.task, exp.task_overrides, optimizer)
             for variant in _variants(exp, task, budget, base):
                 for seed in range(exp.seeds):
                     spec = RunSpec(
@@ -269,16 +268,11 @@ def build_specs(
                         budget=budget,
                         variant=variant,
                         suite=suite,
-                        preset=presets.source(exp.task, exp.task_overrides, source),
+                        preset=presets.source(exp.task, exp.task_overrides, optimizer),
                         kind=exp.kind,
                     )
                     specs.setdefault(spec.run_id, spec)
     return list(specs.values())
-
-
-PRESET_OF = {"sgdm_rms": "lpsgdm"}
-"""Controls that run with another optimizer's preset: ``sgdm_rms`` follows the update RMS of
-the LPSGDM run with the same seed and the same hyper-parameters, so it takes LPSGDM's."""
 
 
 def _variants(exp: Experiment, task: Any, budget: dict[str, Any],
