@@ -46,8 +46,11 @@ def _accuracy_records(task, arms, seeds):
     for arm, acc in arms.items():
         optimizer, variant = (arm[0], {arm[1]: arm[2]}) if isinstance(arm, tuple) else (arm, {})
         for seed in range(seeds):
-            out.append(record(task, optimizer, seed, steps=[0, 10], variant=variant,
-                              test_acc=[0.1, acc(seed)]))
+            out.append(
+                record(
+                    task, optimizer, seed, steps=[0, 10], variant=variant, test_acc=[0.1, acc(seed)]
+                )
+            )
     return out
 
 
@@ -59,10 +62,14 @@ def rows_by_claim(records, **kwargs):
 
 
 def test_paired_effect_and_interval_are_the_paired_t_of_the_records():
-    recs = _accuracy_records("digits", {
-        "lpsgdm": lambda k: 0.80 + NOISE[k] + 0.01 + 0.002 * (k % 3),
-        "sgdm": lambda k: 0.80 + NOISE[k],
-    }, seeds=12)
+    recs = _accuracy_records(
+        "digits",
+        {
+            "lpsgdm": lambda k: 0.80 + NOISE[k] + 0.01 + 0.002 * (k % 3),
+            "sgdm": lambda k: 0.80 + NOISE[k],
+        },
+        seeds=12,
+    )
     row = rows_by_claim(recs)["LPSGDM beats SGD with momentum"]
     a = np.array([0.80 + NOISE[k] + 0.01 + 0.002 * (k % 3) for k in range(12)]) * 100
     b = np.array([0.80 + NOISE[k] for k in range(12)]) * 100
@@ -78,17 +85,21 @@ def test_paired_effect_and_interval_are_the_paired_t_of_the_records():
 
 
 def test_each_verdict_from_records():
-    recs = _accuracy_records("digits", {
-        # AdamW-AGR identical to AdamW up to 0.01 points: equivalent
-        "adamw": lambda k: 0.85 + NOISE[k],
-        "adamw_agr": lambda k: 0.85 + NOISE[k] + 1e-4 * (k % 2),
-        # Adan-AGR clearly worse: refuted
-        "adan": lambda k: 0.86 + NOISE[k],
-        "adan_agr": lambda k: 0.83 + NOISE[k] + 0.001 * (k % 2),
-        # SGDM vs LPSGDM: independent spreads of 3 points: underpowered at 12 seeds
-        "lpsgdm": lambda k: 0.80 + 3 * NOISE[k],
-        "sgdm": lambda k: 0.80 + 3 * NOISE[k + 20],
-    }, seeds=12)
+    recs = _accuracy_records(
+        "digits",
+        {
+            # AdamW-AGR identical to AdamW up to 0.01 points: equivalent
+            "adamw": lambda k: 0.85 + NOISE[k],
+            "adamw_agr": lambda k: 0.85 + NOISE[k] + 1e-4 * (k % 2),
+            # Adan-AGR clearly worse: refuted
+            "adan": lambda k: 0.86 + NOISE[k],
+            "adan_agr": lambda k: 0.83 + NOISE[k] + 0.001 * (k % 2),
+            # SGDM vs LPSGDM: independent spreads of 3 points: underpowered at 12 seeds
+            "lpsgdm": lambda k: 0.80 + 3 * NOISE[k],
+            "sgdm": lambda k: 0.80 + 3 * NOISE[k + 20],
+        },
+        seeds=12,
+    )
     rows = rows_by_claim(recs)
     assert rows["AGR improves AdamW"].verdict == EQUIVALENT
     assert rows["AGR improves Adan"].verdict == REFUTED
@@ -97,8 +108,7 @@ def test_each_verdict_from_records():
     # n for the paper's effect: the pilot power analysis from the spread measured
     lp = rows["LPSGDM beats SGD with momentum"]
     diffs = 300 * (NOISE[:12] - NOISE[20:32])
-    assert lp.n_for_paper == stats.seeds_needed(float(np.std(diffs, ddof=1)),
-                                                claims.LPSGDM_EFFECT)
+    assert lp.n_for_paper == stats.seeds_needed(float(np.std(diffs, ddof=1)), claims.LPSGDM_EFFECT)
     assert lp.n_for_paper > 12
 
 
@@ -112,10 +122,14 @@ def test_not_reproduced_when_powered_and_holm_across_rows():
     # t = 1.5 (not significant), the 90% interval reaches 0.65 > margin 0.5 (not equivalent),
     # and the MDE, about 2.9 se = 0.58, is below the paper's 0.68: powered, not reproduced.
     d = 0.3 + math.sqrt(20) * 0.2 * _standardised(20, 3)
-    recs = _accuracy_records("digits", {
-        "lpsgdm": lambda k: 0.80 + NOISE[k] + d[k] / 100,
-        "sgdm": lambda k: 0.80 + NOISE[k],
-    }, seeds=20)
+    recs = _accuracy_records(
+        "digits",
+        {
+            "lpsgdm": lambda k: 0.80 + NOISE[k] + d[k] / 100,
+            "sgdm": lambda k: 0.80 + NOISE[k],
+        },
+        seeds=20,
+    )
     row = rows_by_claim(recs)["LPSGDM beats SGD with momentum"]
     assert row.effect == pytest.approx(0.3, abs=1e-9)
     assert row.mde == pytest.approx(stats.minimum_detectable_effect(0.2, 19))
@@ -123,9 +137,11 @@ def test_not_reproduced_when_powered_and_holm_across_rows():
     assert row.p > 0.05 and row.p_tost > 0.05
     assert row.verdict == NOT_REPRODUCED
     # a second row: Holm doubles the smaller p-value and keeps the order
-    recs += _accuracy_records("digits", {"adamw": lambda k: 0.85 + NOISE[k],
-                                         "adamw_agr": lambda k: 0.86 + NOISE[k] + d[k] / 100},
-                              seeds=20)
+    recs += _accuracy_records(
+        "digits",
+        {"adamw": lambda k: 0.85 + NOISE[k], "adamw_agr": lambda k: 0.86 + NOISE[k] + d[k] / 100},
+        seeds=20,
+    )
     rows = list(rows_by_claim(recs).values())
     ps = [row.p for row in rows]
     assert [row.p_holm for row in rows] == pytest.approx(stats.holm(ps))
@@ -134,53 +150,81 @@ def test_not_reproduced_when_powered_and_holm_across_rows():
 
 def test_unpaired_arms_fall_back_to_welch():
     recs = _accuracy_records("digits", {"lpsgdm": lambda k: 0.9 + NOISE[k]}, seeds=5)
-    recs += [record("digits", "sgdm", seed, steps=[0, 10],
-                    test_acc=[0.1, 0.8 + NOISE[seed - 50]]) for seed in range(100, 105)]
+    recs += [
+        record("digits", "sgdm", seed, steps=[0, 10], test_acc=[0.1, 0.8 + NOISE[seed - 50]])
+        for seed in range(100, 105)
+    ]
     row = rows_by_claim(recs)["LPSGDM beats SGD with momentum"]
     assert row.test == "Welch t" and row.n == "5 / 5"
-    assert row.p == pytest.approx(stats.welch_t(
-        [(0.9 + NOISE[k]) * 100 for k in range(5)],
-        [(0.8 + NOISE[k]) * 100 for k in range(50, 55)]).p)
+    assert row.p == pytest.approx(
+        stats.welch_t(
+            [(0.9 + NOISE[k]) * 100 for k in range(5)],
+            [(0.8 + NOISE[k]) * 100 for k in range(50, 55)],
+        ).p
+    )
 
 
 def test_one_seed_is_underpowered_not_dropped():
-    recs = _accuracy_records("digits", {"lpsgdm": lambda k: 0.99, "sgdm": lambda k: 0.1},
-                             seeds=1)
+    recs = _accuracy_records("digits", {"lpsgdm": lambda k: 0.99, "sgdm": lambda k: 0.1}, seeds=1)
     row = rows_by_claim(recs)["LPSGDM beats SGD with momentum"]
     assert row.verdict == UNDERPOWERED and row.p is None and math.isinf(row.mde)
 
 
 def test_arm_variants_and_any():
-    recs = _accuracy_records("digits", {
-        "adamw_agr": lambda k: 0.85 + NOISE[k],
-        ("adamw_agr", "agr_until", 37): lambda k: 0.86 + NOISE[k],
-        ("lpsgdm", "p_max", 14): lambda k: 0.80 + NOISE[k],
-        "lpsgdm": lambda k: 0.84 + NOISE[k],
-    }, seeds=4)
+    recs = _accuracy_records(
+        "digits",
+        {
+            "adamw_agr": lambda k: 0.85 + NOISE[k],
+            ("adamw_agr", "agr_until", 37): lambda k: 0.86 + NOISE[k],
+            ("lpsgdm", "p_max", 14): lambda k: 0.80 + NOISE[k],
+            "lpsgdm": lambda k: 0.84 + NOISE[k],
+        },
+        seeds=4,
+    )
     rows = rows_by_claim(recs)
     assert rows["Stopping AGR late helps (AdamW-AGR)"].treatment == "adamw_agr(agr_until=37)"
     assert rows["Too large a p_max hurts (preset p_max beats p_max 14)"].verdict == REPRODUCED
     assert Arm("adamw_agr", {"agr_until": claims.ANY}).matches(
-        group(recs)[0].find("adamw_agr", {"agr_until": 37})[0])
+        group(recs)[0].find("adamw_agr", {"agr_until": 37})[0]
+    )
 
 
 def _grok(optimizer, seed, test_reach, steps=800, train_reach=100, variant=None, lr=0.01):
     gap = None if test_reach is None or train_reach is None else test_reach - train_reach
-    return record("grokking", optimizer, seed, steps=[0, steps // 2, steps], variant=variant,
-                  hparams={"lr": lr, **(variant or {})},
-                  extra={"tau": 0.99, "train_reach_step": train_reach,
-                         "test_reach_step": test_reach, "gap": gap})
+    return record(
+        "grokking",
+        optimizer,
+        seed,
+        steps=[0, steps // 2, steps],
+        variant=variant,
+        hparams={"lr": lr, **(variant or {})},
+        extra={
+            "tau": 0.99,
+            "train_reach_step": train_reach,
+            "test_reach_step": test_reach,
+            "gap": gap,
+        },
+    )
 
 
 def test_grokking_uses_logrank_with_censoring():
     recs = [_grok("sepnorm", k, 200 + 10 * k) for k in range(6)]
     # lion: two generalise late, two never do, two never even fit: all counted, censored at 800
-    recs += [_grok("lion", 0, 600), _grok("lion", 1, 650), _grok("lion", 2, None),
-             _grok("lion", 3, None), _grok("lion", 4, None, train_reach=None),
-             _grok("lion", 5, None, train_reach=None)]
+    recs += [
+        _grok("lion", 0, 600),
+        _grok("lion", 1, 650),
+        _grok("lion", 2, None),
+        _grok("lion", 3, None),
+        _grok("lion", 4, None, train_reach=None),
+        _grok("lion", 5, None, train_reach=None),
+    ]
     row = rows_by_claim(recs)["Grokking: SepNorm generalises before Lion"]
-    expected = stats.logrank([200 + 10 * k for k in range(6)], [True] * 6,
-                             [600, 650, 800, 800, 800, 800], [True, True] + [False] * 4)
+    expected = stats.logrank(
+        [200 + 10 * k for k in range(6)],
+        [True] * 6,
+        [600, 650, 800, 800, 800, 800],
+        [True, True] + [False] * 4,
+    )
     assert row.test == "log-rank" and row.n == "6 / 6"
     assert row.effect == pytest.approx(expected.effect) and row.p == pytest.approx(expected.p)
     assert row.effect > 0 and row.verdict == REPRODUCED
@@ -194,15 +238,21 @@ def test_grokking_at_matched_regularisation():
         recs += [_grok("lion", k, 300 + 100 * k, variant={"weight_decay": wd}) for k in range(3)]
     recs += [_grok("lion", k, 500, variant={"weight_decay": 4.0}) for k in range(3)]
     names = sorted(row.claim for row in claims.evaluate(group(recs)))
-    assert names == ["Grokking: SepNorm generalises before Lion at lr·wd = 0.01",
-                     "Grokking: SepNorm generalises before Lion at lr·wd = 0.02"]
+    assert names == [
+        "Grokking: SepNorm generalises before Lion at lr·wd = 0.01",
+        "Grokking: SepNorm generalises before Lion at lr·wd = 0.02",
+    ]
 
 
 def test_step_size_answer_states_the_verdict():
-    recs = _accuracy_records("digits", {
-        "lpsgdm": lambda k: 0.85 + NOISE[k],
-        "sgdm_rms": lambda k: 0.85 + NOISE[k] + 1e-4 * (k % 2),
-    }, seeds=10)
+    recs = _accuracy_records(
+        "digits",
+        {
+            "lpsgdm": lambda k: 0.85 + NOISE[k],
+            "sgdm_rms": lambda k: 0.85 + NOISE[k] + 1e-4 * (k % 2),
+        },
+        seeds=10,
+    )
     rows = claims.evaluate(group(recs))
     assert rows[0].verdict == EQUIVALENT
     answer = claims.step_size_answer(rows)
@@ -211,8 +261,9 @@ def test_step_size_answer_states_the_verdict():
 
 
 def test_markdown_has_every_column_and_the_rule():
-    recs = _accuracy_records("digits", {"lpsgdm": lambda k: 0.9 + NOISE[k],
-                                        "sgdm": lambda k: 0.8 + NOISE[k]}, seeds=3)
+    recs = _accuracy_records(
+        "digits", {"lpsgdm": lambda k: 0.9 + NOISE[k], "sgdm": lambda k: 0.8 + NOISE[k]}, seeds=3
+    )
     text = claims.markdown(claims.evaluate(group(recs)))
     header = text.splitlines()[0]
     for column in ("effect [95% CI]", "MDE", "n for paper", "Holm p", "verdict"):

@@ -24,8 +24,12 @@ ACC = {  # final test accuracies per seed
     "lpsgdm(p_max=4)": [0.85, 0.86, 0.84],
 }
 NLL = {"sgdm": [0.30, 0.28, 0.35], "lpsgdm": [0.40, 0.42, 0.39], "lpsgdm(p_max=4)": [0.5, 0.5, 0.6]}
-GAPS = {"adamw": [200, 250, None], "lion": [100, 120, 110], "sepnorm": [60, 70, 80],
-        "ortsepnorm": [20, 30, 25]}
+GAPS = {
+    "adamw": [200, 250, None],
+    "lion": [100, 120, 110],
+    "sepnorm": [60, 70, 80],
+    "ortsepnorm": [20, 30, 25],
+}
 
 
 def digits_records():
@@ -35,9 +39,19 @@ def digits_records():
         for seed, final in enumerate(finals):
             acc = [0.1, final / 2, final * 0.9, final * 0.95, final]
             nll = [2.3, 1.0, 0.8, 0.6, NLL[label][seed]]
-            out.append(record("digits", optimizer, seed, steps=STEPS, test_acc=acc,
-                              train_loss=nll, test_loss=[v + 0.1 for v in nll], variant=variant,
-                              time_s=[0.0, 0.1, 0.2, 0.3, 0.4]))
+            out.append(
+                record(
+                    "digits",
+                    optimizer,
+                    seed,
+                    steps=STEPS,
+                    test_acc=acc,
+                    train_loss=nll,
+                    test_loss=[v + 0.1 for v in nll],
+                    variant=variant,
+                    time_s=[0.0, 0.1, 0.2, 0.3, 0.4],
+                )
+            )
     return out
 
 
@@ -50,29 +64,53 @@ def grokking_records():
     for wd in (1.0, 2.0):
         for seed in range(3):
             out.append(_grok("adamw", seed, 100 + 10 * seed, {"weight_decay": wd}))
-            out.append(_grok("lion", seed, None if wd == 2.0 else 60,
-                             {"weight_decay": wd}, fits=wd == 1.0))
+            out.append(
+                _grok("lion", seed, None if wd == 2.0 else 60, {"weight_decay": wd}, fits=wd == 1.0)
+            )
     return out
 
 
 def _grok(optimizer, seed, gap, variant=None, fits=True):
     train_reach = 50 if fits else None
     test_reach = None if gap is None or not fits else train_reach + gap
-    extra = {"tau": 0.99, "train_reach_step": train_reach, "test_reach_step": test_reach,
-             "gap": None if test_reach is None else gap}
+    extra = {
+        "tau": 0.99,
+        "train_reach_step": train_reach,
+        "test_reach_step": test_reach,
+        "gap": None if test_reach is None else gap,
+    }
     steps = list(range(0, 401, 50))
-    return record("grokking", optimizer, seed, steps=steps, extra=extra, variant=variant,
-                  hparams={"weight_decay": 0.5, **(variant or {})},
-                  train_acc=[min(1.0, s / 50) for s in steps],
-                  test_acc=[0.5] * len(steps), train_loss=[1.0] * len(steps))
+    return record(
+        "grokking",
+        optimizer,
+        seed,
+        steps=steps,
+        extra=extra,
+        variant=variant,
+        hparams={"weight_decay": 0.5, **(variant or {})},
+        train_acc=[min(1.0, s / 50) for s in steps],
+        test_acc=[0.5] * len(steps),
+        train_loss=[1.0] * len(steps),
+    )
 
 
 def quadratic_records():
-    return [record("quadratic", opt, 0, steps=[0, 5, 10], train_loss=[5.0, 1.0, 0.01],
-                   extra={"trajectory": [[1.0, 1.0], [0.5, -0.2], [0.01, 0.0]],
-                          "steps_to_target": 9 if opt == "sgd" else None, "target_loss": 0.1,
-                          "problem": "strong"})
-            for opt in ("sgd", "signsgd")]
+    return [
+        record(
+            "quadratic",
+            opt,
+            0,
+            steps=[0, 5, 10],
+            train_loss=[5.0, 1.0, 0.01],
+            extra={
+                "trajectory": [[1.0, 1.0], [0.5, -0.2], [0.01, 0.0]],
+                "steps_to_target": 9 if opt == "sgd" else None,
+                "target_loss": 0.1,
+                "problem": "strong",
+            },
+        )
+        for opt in ("sgd", "signsgd")
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +186,9 @@ def test_end_of_budget_summary_has_test_nll_and_curve_area(report):
 def test_grokking_table_counts_every_run(report):
     _, text = report
     rows = block(text, "### Grokking")
-    assert rows[0] == ("| optimizer | lr·wd | n | fit | generalised | steps to test ≥ τ | "
-                       "gap (steps) |")
+    assert rows[0] == (
+        "| optimizer | lr·wd | n | fit | generalised | steps to test ≥ τ | gap (steps) |"
+    )
     # adamw: gaps 200, 250, one never generalised -> gap censored at 400 - 50 = 350
     assert cell(rows, "adamw", 6) == f"{expected([200, 250, 350], 1, 0)}, 1 ≥"
     assert cell(rows, "adamw", 4) == "2/3"
@@ -172,7 +211,8 @@ def test_claims_table_forest_and_gap_plot(report):
     matched = [c for (name, _), c in claims.items() if "at lr·wd" in name]
     # the presets (both at lr·wd 0.005) make the presets' row, not a second one
     assert {c["claim"] for c in matched} == {
-        f"Grokking: Lion generalises before AdamW at lr·wd = {x}" for x in (0.01, 0.02)}
+        f"Grokking: Lion generalises before AdamW at lr·wd = {x}" for x in (0.01, 0.02)
+    }
     assert ("Grokking: SepNorm generalises before Lion", "grokking") in claims
     assert "![forest plot of every claim](claims_forest.png)" in text
     assert "grokking_gap_vs_lr_wd.png" in text

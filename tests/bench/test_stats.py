@@ -103,8 +103,9 @@ def test_logrank_by_hand():
 def test_logrank_counts_censored_runs_instead_of_dropping_them():
     # a: all five runs generalise at step 100; b: two generalise sooner, three never do
     # (censored at the budget 500). Dropping b's censored runs would make b look faster.
-    a = stats.logrank([100] * 5, [True] * 5, [50, 60, 500, 500, 500],
-                      [True, True, False, False, False])
+    a = stats.logrank(
+        [100] * 5, [True] * 5, [50, 60, 500, 500, 500], [True, True, False, False, False]
+    )
     assert a.effect > 0  # a's events come sooner overall
     nothing = stats.logrank([10, 20], [False, False], [30, 40], [False, False])
     assert nothing.p == 1.0 and math.isinf(nothing.mde())

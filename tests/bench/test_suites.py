@@ -13,12 +13,22 @@ from geoptim.bench.records import RunSpec
 from geoptim.bench.suites import build_specs, select
 
 HEADLINE = {  # (task label, series label) of every arm of the headline comparisons
-    ("digits", "lpsgdm"), ("digits", "sgdm"), ("digits", "sgdm_rms"),
-    ("digits", "lpsgdm(p_max=2.0)"), ("digits", "lpsgdm(p_schedule=constant)"),
-    ("mnist1d", "lpsgdm"), ("mnist1d", "sgdm"), ("mnist1d", "sgdm_rms"),
-    ("mnist1d", "lpsgdm(p_max=2.0)"), ("mnist1d", "lpsgdm(p_schedule=constant)"),
-    ("digits", "adamw"), ("digits", "adamw_agr"), ("digits", "adamw_agr(agr_moments=first)"),
-    ("grokking", "adamw"), ("grokking", "lion"), ("grokking", "sepnorm"),
+    ("digits", "lpsgdm"),
+    ("digits", "sgdm"),
+    ("digits", "sgdm_rms"),
+    ("digits", "lpsgdm(p_max=2.0)"),
+    ("digits", "lpsgdm(p_schedule=constant)"),
+    ("mnist1d", "lpsgdm"),
+    ("mnist1d", "sgdm"),
+    ("mnist1d", "sgdm_rms"),
+    ("mnist1d", "lpsgdm(p_max=2.0)"),
+    ("mnist1d", "lpsgdm(p_schedule=constant)"),
+    ("digits", "adamw"),
+    ("digits", "adamw_agr"),
+    ("digits", "adamw_agr(agr_moments=first)"),
+    ("grokking", "adamw"),
+    ("grokking", "lion"),
+    ("grokking", "sepnorm"),
     ("grokking", "ortsepnorm"),
 }
 
@@ -43,16 +53,16 @@ def test_every_headline_arm_has_enough_paired_seeds(suite, least):
     for arm in HEADLINE:
         # paired: every arm runs seeds 0..n-1, so seed k is shared by all arms
         assert seeds[arm] == set(range(len(seeds[arm]))), arm
-        assert len(seeds[arm]) >= (10 if arm[0] == "grokking" and suite == "standard"
-                                   else least), arm
+        assert len(seeds[arm]) >= (10 if arm[0] == "grokking" and suite == "standard" else least), (
+            arm
+        )
 
 
 def test_sgdm_rms_takes_lpsgdm_hyper_parameters():
     specs = _specs("quick")
     for task in ("digits", "mnist1d"):
         lp = next(s for s in specs if s.task == task and s.label == "lpsgdm" and s.seed == 0)
-        rms = next(s for s in specs if s.task == task and s.optimizer == "sgdm_rms"
-                   and s.seed == 0)
+        rms = next(s for s in specs if s.task == task and s.optimizer == "sgdm_rms" and s.seed == 0)
         assert rms.hparams == lp.hparams
 
 
@@ -63,7 +73,8 @@ def test_standard_has_the_transformer_and_a_matched_lr_wd_sweep():
     for s in specs:
         if s.task_label == "grokking" and set(s.variant) == {"weight_decay"}:
             sweep.setdefault(s.optimizer, set()).add(
-                round(s.hparams["lr"] * s.hparams["weight_decay"], 12))
+                round(s.hparams["lr"] * s.hparams["weight_decay"], 12)
+            )
     assert set(sweep) == set(suites.GROKKING)
     for products in sweep.values():  # a sweep point equal to the preset is the preset's run
         assert products <= set(suites.GROKKING_LR_WD)
@@ -79,13 +90,18 @@ class _Timed:
 
 
 def test_plan_estimate_uses_the_task_cost_and_workers():
-    specs = [RunSpec(task="t", optimizer=opt, hparams={}, seed=k, budget={"steps": 10})
-             for opt in ("sgdm", "sgdm_rms") for k in range(3)]
+    specs = [
+        RunSpec(task="t", optimizer=opt, hparams={}, seed=k, budget={"steps": 10})
+        for opt in ("sgdm", "sgdm_rms")
+        for k in range(3)
+    ]
     text = suites.plan_text(specs, lambda name, overrides: _Timed(0.5), workers=2)
     # 3 x 5 s + 3 x 10 s (sgdm_rms replays its LPSGDM run) = 45 s, over 2 workers 22.5 s
     assert "t | sgdm | 3 | 5.0" in text and "t | sgdm_rms | 3 | 10.0" in text
-    assert text.endswith("6 runs, 0.8 CPU-min single-thread; estimated 0.4 min wall with 2 "
-                         "workers (before any run is skipped)")
+    assert text.endswith(
+        "6 runs, 0.8 CPU-min single-thread; estimated 0.4 min wall with 2 "
+        "workers (before any run is skipped)"
+    )
     fallback = suites.plan_text(specs[:1], lambda name, overrides: object(), workers=1)
     assert f"t | sgdm | 1 | {10.0:.1f}" in fallback  # no estimate: the fallback table's default
 

@@ -131,8 +131,14 @@ class ClaimRow:
         return asdict(self)
 
 
-def verdict(effect: float, mde: float, p_holm: float | None, p_tost: float | None,
-            paper_effect: float, alpha: float = ALPHA) -> str:
+def verdict(
+    effect: float,
+    mde: float,
+    p_holm: float | None,
+    p_tost: float | None,
+    paper_effect: float,
+    alpha: float = ALPHA,
+) -> str:
     """The verdict of :data:`RULE` from a row's numbers (``None``: no test was possible)."""
     if p_tost is not None and p_tost < alpha:
         return EQUIVALENT
@@ -147,51 +153,142 @@ def verdict(effect: float, mde: float, p_holm: float | None, p_tost: float | Non
 # The claims
 
 LPSGDM_EFFECT = 0.68
-LPSGDM_NOTE = ("LPSGD paper, smallest 200-epoch gain of LPSGDM over SGDM: CIFAR-10 VGG-11 90.73 "
-               "vs 90.05 (CIFAR-100 VGG-11 gains 0.30)")
+LPSGDM_NOTE = (
+    "LPSGD paper, smallest 200-epoch gain of LPSGDM over SGDM: CIFAR-10 VGG-11 90.73 "
+    "vs 90.05 (CIFAR-100 VGG-11 gains 0.30)"
+)
 AGR_EFFECT = 0.5
 AGR_NOTE = "AGR paper §5.3: “>0.5% improvement” (ConvNext, Swin; Tiny-ImageNet)"
 GROK_EFFECT = math.log(2.0)
-GROK_NOTE = ("SepNorm paper fig. 1 gives one run per method and no numbers; the gaps drawn "
-             "differ by about 2x, taken as a hazard ratio of 2")
+GROK_NOTE = (
+    "SepNorm paper fig. 1 gives one run per method and no numbers; the gaps drawn "
+    "differ by about 2x, taken as a hazard ratio of 2"
+)
 GROK_MARGIN = math.log(1.25)
 
 LPSGDM = Arm("lpsgdm")
 STEP_SIZE = "step-size control"
 
 CLAIMS: tuple[Claim, ...] = (
-    Claim("LPSGDM beats SGD with momentum", "LPSGD paper, tables 1-2", LPSGDM, Arm("sgdm"),
-          LPSGDM_EFFECT, 0.5, LPSGDM_NOTE, group="headline"),
-    Claim("Cosine p beats fixed p = 2", "this project (step-size control)", LPSGDM,
-          Arm("lpsgdm", {"p_max": 2.0}), LPSGDM_EFFECT, 0.5, LPSGDM_NOTE, group=STEP_SIZE),
-    Claim("Cosine p beats fixed p = p_max", "this project (step-size control)", LPSGDM,
-          Arm("lpsgdm", {"p_schedule": "constant"}), LPSGDM_EFFECT, 0.5, LPSGDM_NOTE,
-          group=STEP_SIZE),
-    Claim("Cosine p beats SGDM on LPSGDM's update-RMS schedule",
-          "this project (step-size control)", LPSGDM, Arm("sgdm_rms"), LPSGDM_EFFECT, 0.5,
-          LPSGDM_NOTE, group=STEP_SIZE),
-    Claim("Too large a p_max hurts (preset p_max beats p_max 14)", "LPSGD paper, fig. 4",
-          LPSGDM, Arm("lpsgdm", {"p_max": 14.0}), LPSGDM_EFFECT, 0.5,
-          "no number in the paper (fig. 4); the paper's smallest gain as a stand-in"),
-    Claim("AGR improves AdamW", "AGR paper, tables 3-5", Arm("adamw_agr"), Arm("adamw"),
-          AGR_EFFECT, 0.25, AGR_NOTE, group="agr"),
-    Claim("AGR improves Adan", "AGR paper, tables 1-2", Arm("adan_agr"), Arm("adan"),
-          AGR_EFFECT, 0.25, "the paper reports Adan-AGR only as FID/IS; AdamW-AGR's 0.5 "
-          "points as a stand-in", group="agr"),
-    Claim("Stopping AGR late helps (AdamW-AGR)", "AGR paper, table 7",
-          Arm("adamw_agr", {"agr_until": ANY}), Arm("adamw_agr"), 0.56, 0.25,
-          "AGR paper table 7: AGR until epoch 250 of 300, 73.58 vs 73.02", group="agr"),
-    Claim("First-moment AGR (paper's prose) beats AGR on both moments (official code)",
-          "AGR paper §3 vs its code", Arm("adamw_agr", {"agr_moments": "first"}),
-          Arm("adamw_agr"), AGR_EFFECT, 0.25, "no claim either way; AGR's 0.5 points",
-          group="agr"),
-    Claim("Grokking: SepNorm generalises before Lion", "SepNorm paper, fig. 1",
-          Arm("sepnorm"), Arm("lion"), GROK_EFFECT, GROK_MARGIN, GROK_NOTE, GENERALISATION),
-    Claim("Grokking: Lion generalises before AdamW", "SepNorm paper, fig. 1", Arm("lion"),
-          Arm("adamw"), GROK_EFFECT, GROK_MARGIN, GROK_NOTE, GENERALISATION),
-    Claim("Grokking: OrtSepNorm generalises before SepNorm", "SepNorm paper, fig. 1",
-          Arm("ortsepnorm"), Arm("sepnorm"), GROK_EFFECT, GROK_MARGIN, GROK_NOTE,
-          GENERALISATION),
+    Claim(
+        "LPSGDM beats SGD with momentum",
+        "LPSGD paper, tables 1-2",
+        LPSGDM,
+        Arm("sgdm"),
+        LPSGDM_EFFECT,
+        0.5,
+        LPSGDM_NOTE,
+        group="headline",
+    ),
+    Claim(
+        "Cosine p beats fixed p = 2",
+        "this project (step-size control)",
+        LPSGDM,
+        Arm("lpsgdm", {"p_max": 2.0}),
+        LPSGDM_EFFECT,
+        0.5,
+        LPSGDM_NOTE,
+        group=STEP_SIZE,
+    ),
+    Claim(
+        "Cosine p beats fixed p = p_max",
+        "this project (step-size control)",
+        LPSGDM,
+        Arm("lpsgdm", {"p_schedule": "constant"}),
+        LPSGDM_EFFECT,
+        0.5,
+        LPSGDM_NOTE,
+        group=STEP_SIZE,
+    ),
+    Claim(
+        "Cosine p beats SGDM on LPSGDM's update-RMS schedule",
+        "this project (step-size control)",
+        LPSGDM,
+        Arm("sgdm_rms"),
+        LPSGDM_EFFECT,
+        0.5,
+        LPSGDM_NOTE,
+        group=STEP_SIZE,
+    ),
+    Claim(
+        "Too large a p_max hurts (preset p_max beats p_max 14)",
+        "LPSGD paper, fig. 4",
+        LPSGDM,
+        Arm("lpsgdm", {"p_max": 14.0}),
+        LPSGDM_EFFECT,
+        0.5,
+        "no number in the paper (fig. 4); the paper's smallest gain as a stand-in",
+    ),
+    Claim(
+        "AGR improves AdamW",
+        "AGR paper, tables 3-5",
+        Arm("adamw_agr"),
+        Arm("adamw"),
+        AGR_EFFECT,
+        0.25,
+        AGR_NOTE,
+        group="agr",
+    ),
+    Claim(
+        "AGR improves Adan",
+        "AGR paper, tables 1-2",
+        Arm("adan_agr"),
+        Arm("adan"),
+        AGR_EFFECT,
+        0.25,
+        "the paper reports Adan-AGR only as FID/IS; AdamW-AGR's 0.5 points as a stand-in",
+        group="agr",
+    ),
+    Claim(
+        "Stopping AGR late helps (AdamW-AGR)",
+        "AGR paper, table 7",
+        Arm("adamw_agr", {"agr_until": ANY}),
+        Arm("adamw_agr"),
+        0.56,
+        0.25,
+        "AGR paper table 7: AGR until epoch 250 of 300, 73.58 vs 73.02",
+        group="agr",
+    ),
+    Claim(
+        "First-moment AGR (paper's prose) beats AGR on both moments (official code)",
+        "AGR paper §3 vs its code",
+        Arm("adamw_agr", {"agr_moments": "first"}),
+        Arm("adamw_agr"),
+        AGR_EFFECT,
+        0.25,
+        "no claim either way; AGR's 0.5 points",
+        group="agr",
+    ),
+    Claim(
+        "Grokking: SepNorm generalises before Lion",
+        "SepNorm paper, fig. 1",
+        Arm("sepnorm"),
+        Arm("lion"),
+        GROK_EFFECT,
+        GROK_MARGIN,
+        GROK_NOTE,
+        GENERALISATION,
+    ),
+    Claim(
+        "Grokking: Lion generalises before AdamW",
+        "SepNorm paper, fig. 1",
+        Arm("lion"),
+        Arm("adamw"),
+        GROK_EFFECT,
+        GROK_MARGIN,
+        GROK_NOTE,
+        GENERALISATION,
+    ),
+    Claim(
+        "Grokking: OrtSepNorm generalises before SepNorm",
+        "SepNorm paper, fig. 1",
+        Arm("ortsepnorm"),
+        Arm("sepnorm"),
+        GROK_EFFECT,
+        GROK_MARGIN,
+        GROK_NOTE,
+        GENERALISATION,
+    ),
 )
 """Every claim, in report order. The grokking claims are also tested at matched
 regularisation (:func:`matched_regularisation`)."""
@@ -200,7 +297,8 @@ regularisation (:func:`matched_regularisation`)."""
 def lr_wd(series: Series) -> float:
     """``lr * weight_decay`` of a series (the decoupled shrink per step)."""
     return float(series.hparams.get("lr", math.nan)) * float(
-        series.hparams.get("weight_decay", 0.0))
+        series.hparams.get("weight_decay", 0.0)
+    )
 
 
 def wd_sweep(section: Section) -> list[Series]:
@@ -251,19 +349,31 @@ def _accuracy_row(claim: Claim, task: str, a: Series, b: Series) -> ClaimRow:
             comparison = stats.welch_t(a.final("test_acc") * 100, b.final("test_acc") * 100)
     except ValueError:
         pass
-    measured = f"{a.label} {fmt_sample(a.final('test_acc'), 100)} vs " \
-               f"{b.label} {fmt_sample(b.final('test_acc'), 100)}"
+    measured = (
+        f"{a.label} {fmt_sample(a.final('test_acc'), 100)} vs "
+        f"{b.label} {fmt_sample(b.final('test_acc'), 100)}"
+    )
     n_for_paper = None
     if comparison is not None and comparison.test == "paired t":
         sd = comparison.se * math.sqrt(comparison.n)
         n_for_paper = stats.seeds_needed(sd, claim.paper_effect, paired=True)
     elif comparison is not None:
-        sd = comparison.se / math.sqrt(1 / len(stats.finite(a.final("test_acc")))
-                                       + 1 / len(stats.finite(b.final("test_acc"))))
+        sd = comparison.se / math.sqrt(
+            1 / len(stats.finite(a.final("test_acc"))) + 1 / len(stats.finite(b.final("test_acc")))
+        )
         n_for_paper = stats.seeds_needed(sd, claim.paper_effect, paired=False)
-    return _row(claim, task, a, b, measured, comparison, n_for_paper,
-                f"{comparison.n} pairs" if comparison and comparison.test == "paired t"
-                else f"{a.n} / {b.n}")
+    return _row(
+        claim,
+        task,
+        a,
+        b,
+        measured,
+        comparison,
+        n_for_paper,
+        f"{comparison.n} pairs"
+        if comparison and comparison.test == "paired t"
+        else f"{a.n} / {b.n}",
+    )
 
 
 def _generalisation_row(claim: Claim, task: str, a: Series, b: Series) -> ClaimRow:
@@ -284,8 +394,16 @@ def _fmt_times(times: np.ndarray, events: np.ndarray) -> str:
     return f"median {shown} ({int(events.sum())}/{len(times)} generalised)"
 
 
-def _row(claim: Claim, task: str, a: Series, b: Series, measured: str,
-         comparison: stats.Comparison | None, n_for_paper: int | None, n: str) -> ClaimRow:
+def _row(
+    claim: Claim,
+    task: str,
+    a: Series,
+    b: Series,
+    measured: str,
+    comparison: stats.Comparison | None,
+    n_for_paper: int | None,
+    n: str,
+) -> ClaimRow:
     if comparison is None:
         effect = low = high = math.nan
         mde, p, p_tost, test = math.inf, None, None, "not tested (fewer than two values)"
@@ -294,9 +412,28 @@ def _row(claim: Claim, task: str, a: Series, b: Series, measured: str,
         mde, p, test = comparison.mde(), comparison.p, comparison.test
         p_tost = stats.tost(comparison, claim.margin)
     note = _agr_note(a, b)
-    return ClaimRow(claim.name, claim.source, task, claim.metric, a.label, b.label, measured,
-                    test, n, effect, low, high, mde, claim.paper_effect, claim.margin,
-                    n_for_paper, p, p_tost, note=note, group=claim.group)
+    return ClaimRow(
+        claim.name,
+        claim.source,
+        task,
+        claim.metric,
+        a.label,
+        b.label,
+        measured,
+        test,
+        n,
+        effect,
+        low,
+        high,
+        mde,
+        claim.paper_effect,
+        claim.margin,
+        n_for_paper,
+        p,
+        p_tost,
+        note=note,
+        group=claim.group,
+    )
 
 
 def _agr_note(*series: Series) -> str:
@@ -309,8 +446,9 @@ def _agr_note(*series: Series) -> str:
     return "; ".join(parts)
 
 
-def evaluate(sections: Sequence[Section], claims: Iterable[Claim] = CLAIMS,
-             alpha: float = ALPHA) -> list[ClaimRow]:
+def evaluate(
+    sections: Sequence[Section], claims: Iterable[Claim] = CLAIMS, alpha: float = ALPHA
+) -> list[ClaimRow]:
     """Every applicable claim on every section, Holm-corrected together, with verdicts."""
     rows = []
     for claim in claims:
@@ -322,14 +460,14 @@ def evaluate(sections: Sequence[Section], claims: Iterable[Claim] = CLAIMS,
                 if claim.metric == GENERALISATION and section.task != "grokking":
                     continue
                 if claim.metric == ACCURACY and not (
-                        np.isfinite(a.final("test_acc")).any()
-                        and np.isfinite(b.final("test_acc")).any()):
+                    np.isfinite(a.final("test_acc")).any()
+                    and np.isfinite(b.final("test_acc")).any()
+                ):
                     continue
                 rows.append(make(named, _preset_label(section, a), a, b))
     for row, adjusted in zip(rows, stats.holm([row.p for row in rows]), strict=True):
         row.p_holm = adjusted
-        row.verdict = verdict(row.effect, row.mde, adjusted, row.p_tost, row.paper_effect,
-                              alpha)
+        row.verdict = verdict(row.effect, row.mde, adjusted, row.p_tost, row.paper_effect, alpha)
     return rows
 
 
@@ -339,24 +477,26 @@ def step_size_answer(rows: Sequence[ClaimRow]) -> str:
     question = "**Does the cosine p schedule help beyond its implicit step size?** "
     control = [row for row in rows if row.group == STEP_SIZE and "update-RMS" in row.claim]
     if not control:
-        return question + ("Not answered: the step-size control did not run (no `sgdm_rms` "
-                           "arm in these records).")
+        return question + (
+            "Not answered: the step-size control did not run (no `sgdm_rms` arm in these records)."
+        )
     answers = {
         REPRODUCED: "yes: LPSGDM beats SGDM given LPSGDM's own update-RMS schedule, so its "
-                    "gain is not only step size",
+        "gain is not only step size",
         REFUTED: "no: SGDM given LPSGDM's update-RMS schedule is better, so the step size, not "
-                 "the geometry, carries LPSGDM",
+        "the geometry, carries LPSGDM",
         EQUIVALENT: "no: SGDM given LPSGDM's update-RMS schedule is equivalent within the "
-                    "margin, so what the p schedule adds is its step size",
+        "margin, so what the p schedule adds is its step size",
         NOT_REPRODUCED: "no detectable benefit beyond step size: an effect the paper's size "
-                        "would probably have been seen and was not",
-        UNDERPOWERED: "undecided: the test cannot see an effect the paper's size at these "
-                      "seeds",
+        "would probably have been seen and was not",
+        UNDERPOWERED: "undecided: the test cannot see an effect the paper's size at these seeds",
     }
     sentences = []
     for row in control:
-        sentences.append(f"On {row.task}: {answers[row.verdict]} (effect {fmt_effect(row)}, "
-                         f"MDE {row.mde:.2f}, n {row.n}).")
+        sentences.append(
+            f"On {row.task}: {answers[row.verdict]} (effect {fmt_effect(row)}, "
+            f"MDE {row.mde:.2f}, n {row.n})."
+        )
     return question + " ".join(sentences)
 
 
@@ -388,13 +528,29 @@ def markdown(rows: Sequence[ClaimRow]) -> str:
             f"| {row.claim} | {row.source} | {row.task} | {row.measured}{note} | "
             f"{fmt_effect(row)} | {row.mde:.2f} | {row.paper_effect:.2f} (±{row.margin:.2f}) | "
             f"{row.n} | {row.n_for_paper if row.n_for_paper is not None else '–'} | "
-            f"{row.test} | {_fmt_p(row.p)} | {_fmt_p(row.p_holm)} | **{row.verdict}** |")
+            f"{row.test} | {_fmt_p(row.p)} | {_fmt_p(row.p_holm)} | **{row.verdict}** |"
+        )
     if not rows:
         lines.append("| (no claim applies to these records) |" + " |" * 12)
-    units = (f"Effects are in the metric's units: {ACCURACY}; {GENERALISATION} (natural log of "
-             "the hazard ratio; log 2 = 0.69).")
-    return "\n".join([*lines, "", units, "", step_size_answer(rows), "", RULE, "",
-                      "**Paper effects.**", effect_notes(), ""])
+    units = (
+        f"Effects are in the metric's units: {ACCURACY}; {GENERALISATION} (natural log of "
+        "the hazard ratio; log 2 = 0.69)."
+    )
+    return "\n".join(
+        [
+            *lines,
+            "",
+            units,
+            "",
+            step_size_answer(rows),
+            "",
+            RULE,
+            "",
+            "**Paper effects.**",
+            effect_notes(),
+            "",
+        ]
+    )
 
 
 def effect_notes(claims: Iterable[Claim] = CLAIMS) -> str:

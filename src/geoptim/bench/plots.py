@@ -93,21 +93,24 @@ def grokking_curves(section: Section, path: Path) -> bool:
             end = start + float(np.mean(gaps))
             ax.axvspan(start, end, color="tab:red", alpha=0.15)
             mark = "≥" if not observed.all() else ""
-            ax.set_title(f"{s.label}: gap {mark}{np.mean(gaps):.0f} steps ({len(train)}/{s.n} "
-                         "fit)", fontsize=9)
+            ax.set_title(
+                f"{s.label}: gap {mark}{np.mean(gaps):.0f} steps ({len(train)}/{s.n} fit)",
+                fontsize=9,
+            )
         else:
             ax.set_title(f"{s.label}: train never reached τ", fontsize=9)
         if tau is not None:
             ax.axhline(tau * 100, color="gray", lw=0.8, ls=":")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(series):]:
+    for ax in list(axes.flat)[len(series) :]:
         ax.axis("off")
     axes[0][0].set_ylabel("accuracy (%)")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{section.title}: accuracy, mean over seeds (shaded: train reaches τ → test "
-                 "reaches τ)",
-                 fontsize=10)
+    fig.suptitle(
+        f"{section.title}: accuracy, mean over seeds (shaded: train reaches τ → test reaches τ)",
+        fontsize=10,
+    )
     _layout(fig)
     fig.savefig(path, dpi=DPI)
     return True
@@ -125,8 +128,10 @@ def trajectories(section: Section, path: Path) -> bool:
     if matrix is not None:
         lo, hi = points.min(axis=0), points.max(axis=0)
         pad = 0.1 * (hi - lo + 1e-12)
-        gx, gy = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], 200),
-                             np.linspace(lo[1] - pad[1], hi[1] + pad[1], 200))
+        gx, gy = np.meshgrid(
+            np.linspace(lo[0] - pad[0], hi[0] + pad[0], 200),
+            np.linspace(lo[1] - pad[1], hi[1] + pad[1], 200),
+        )
         grid = np.stack([gx, gy], axis=-1)
         loss = 0.5 * np.einsum("...i,ij,...j->...", grid, matrix, grid)
         ax.contour(gx, gy, loss, levels=15, colors="lightgray", linewidths=0.7)
@@ -178,18 +183,22 @@ def gap_vs_lr_wd(section: Section, path: Path) -> bool:
         (line,) = ax_time.plot(x, medians, "-", lw=1.2, label=optimizer)
         done = ~np.array(censored)
         ax_time.plot(x[done], np.array(medians)[done], "o", color=line.get_color())
-        ax_time.plot(x[~done], np.array(medians)[~done], "o", mfc="none",
-                     color=line.get_color())
+        ax_time.plot(x[~done], np.array(medians)[~done], "o", mfc="none", color=line.get_color())
         ax_gap.plot(x, gaps, "o-", lw=1.2, color=line.get_color(), label=optimizer)
-    for ax, name in ((ax_time, "median steps to test acc ≥ τ"),
-                     (ax_gap, "mean gap of the runs that fit (steps)")):
+    for ax, name in (
+        (ax_time, "median steps to test acc ≥ τ"),
+        (ax_gap, "mean gap of the runs that fit (steps)"),
+    ):
         ax.set_xscale("log")
         ax.set_xlabel("lr · weight decay")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     ax_time.legend(fontsize=7)
-    fig.suptitle(f"{section.title}: time to generalise and gap against lr·wd (hollow: most "
-                 "runs never generalised; drawn at the budget)", fontsize=10)
+    fig.suptitle(
+        f"{section.title}: time to generalise and gap against lr·wd (hollow: most "
+        "runs never generalised; drawn at the budget)",
+        fontsize=10,
+    )
     _layout(fig)
     fig.savefig(path, dpi=DPI)
     return True
@@ -205,17 +214,24 @@ def forest(rows: Sequence[ClaimRow], path: Path, title: str) -> bool:
     metrics = list(dict.fromkeys(row.metric for row in rows))
     heights = [sum(row.metric == m for row in rows) for m in metrics]
     fig = Figure(figsize=(10.0, 1.4 + 0.3 * sum(heights) + 0.6 * len(metrics)))
-    axes = fig.subplots(len(metrics), 1, squeeze=False,
-                        gridspec_kw={"height_ratios": heights})[:, 0]
-    colours = {"reproduced": "tab:green", "refuted": "tab:red", "equivalent": "tab:blue",
-               "underpowered": "tab:gray", "not reproduced (powered)": "tab:orange"}
+    axes = fig.subplots(len(metrics), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[
+        :, 0
+    ]
+    colours = {
+        "reproduced": "tab:green",
+        "refuted": "tab:red",
+        "equivalent": "tab:blue",
+        "underpowered": "tab:gray",
+        "not reproduced (powered)": "tab:orange",
+    }
     for ax, metric in zip(axes, metrics, strict=True):
         chosen = [row for row in rows if row.metric == metric][::-1]
         y = np.arange(len(chosen))
         for k, row in enumerate(chosen):
             colour = colours.get(row.verdict, "black")
-            ax.fill_between([-row.margin, row.margin], k - 0.4, k + 0.4, color="tab:blue",
-                            alpha=0.1, lw=0)
+            ax.fill_between(
+                [-row.margin, row.margin], k - 0.4, k + 0.4, color="tab:blue", alpha=0.1, lw=0
+            )
             low, high = max(row.low, -1e6), min(row.high, 1e6)
             ax.plot([low, high], [k, k], color=colour, lw=2)
             ax.plot(row.effect, k, "o", color=colour, ms=5)
@@ -226,14 +242,24 @@ def forest(rows: Sequence[ClaimRow], path: Path, title: str) -> bool:
         ax.set_xlabel(f"effect: {metric}", fontsize=8)
         ax.grid(axis="x", alpha=0.3)
     handles = [axes[0].plot([], [], "o-", color=c, label=v)[0] for v, c in colours.items()]
-    handles.append(axes[0].plot([], [], "D", color="black", mfc="none",
-                                label="paper's effect")[0])
+    handles.append(axes[0].plot([], [], "D", color="black", mfc="none", label="paper's effect")[0])
     height = fig.get_figheight()
-    fig.legend(handles=handles, fontsize=7, loc="upper center", ncol=6,
-               bbox_to_anchor=(0.5, 1 - 0.4 / height), frameon=False)
+    fig.legend(
+        handles=handles,
+        fontsize=7,
+        loc="upper center",
+        ncol=6,
+        bbox_to_anchor=(0.5, 1 - 0.4 / height),
+        frameon=False,
+    )
     fig.suptitle(f"{title} (shaded: equivalence margin)", fontsize=10)
-    fig.subplots_adjust(left=0.42, right=0.98, bottom=0.55 / height, top=1 - 0.8 / height,
-                        hspace=0.9 / height * len(metrics))
+    fig.subplots_adjust(
+        left=0.42,
+        right=0.98,
+        bottom=0.55 / height,
+        top=1 - 0.8 / height,
+        hspace=0.9 / height * len(metrics),
+    )
     fig.savefig(path, dpi=DPI)
     return True
 

@@ -128,7 +128,8 @@ class Section:
     def find(self, optimizer: str, variant: dict[str, Any] | None = None) -> list[Series]:
         """Series of ``optimizer`` with exactly ``variant`` (``None``: any variant)."""
         return [
-            s for s in self.series
+            s
+            for s in self.series
             if s.optimizer == optimizer and (variant is None or s.variant == variant)
         ]
 
@@ -146,13 +147,19 @@ def group(records: Iterable[dict[str, Any]]) -> list[Section]:
         budget_key = canonical_json(config["budget"])
         section = sections.get((record["task_label"], budget_key))
         if section is None:
-            section = Section(config["task"], record["task_label"], config["budget"],
-                              record["task_label"])
+            section = Section(
+                config["task"], record["task_label"], config["budget"], record["task_label"]
+            )
             sections[(record["task_label"], budget_key)] = section
         key = (record["task_label"], budget_key, record["label"], canonical_json(config["hparams"]))
         if key not in series:
-            series[key] = Series(record["label"], config["optimizer"], spec.get("variant", {}),
-                                 spec.get("preset", "paper"), config["hparams"])
+            series[key] = Series(
+                record["label"],
+                config["optimizer"],
+                spec.get("variant", {}),
+                spec.get("preset", "paper"),
+                config["hparams"],
+            )
             section.series.append(series[key])
         series[key].records.append(record)
     _disambiguate(list(sections.values()))

@@ -63,8 +63,9 @@ def finite(values: Sequence[float]) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
-def _t_comparison(test: str, effect: float, se: float, df: float, n: int,
-                  alpha: float) -> Comparison:
+def _t_comparison(
+    test: str, effect: float, se: float, df: float, n: int, alpha: float
+) -> Comparison:
     if se == 0.0:  # no spread at all: the difference is exact
         p = 1.0 if effect == 0.0 else 0.0
         return Comparison(test, effect, effect, effect, p, 0.0, df, n, alpha)
@@ -100,8 +101,7 @@ def welch_t(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA) -> Com
         df = float(len(a) + len(b) - 2)
     else:
         df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    return _t_comparison("Welch t", float(a.mean() - b.mean()), se, df, min(len(a), len(b)),
-                         alpha)
+    return _t_comparison("Welch t", float(a.mean() - b.mean()), se, df, min(len(a), len(b)), alpha)
 
 
 def power_of(delta: float, se: float, df: float, alpha: float = ALPHA) -> float:
@@ -117,8 +117,9 @@ def power_of(delta: float, se: float, df: float, alpha: float = ALPHA) -> float:
     return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
 
 
-def minimum_detectable_effect(se: float, df: float, alpha: float = ALPHA,
-                              power: float = POWER) -> float:
+def minimum_detectable_effect(
+    se: float, df: float, alpha: float = ALPHA, power: float = POWER
+) -> float:
     """The effect detected with probability ``power`` at standard error ``se``, ``df`` degrees
     of freedom (two-sided, level ``alpha``); ``inf`` when it cannot be computed."""
     if not (math.isfinite(se) and df > 0):
@@ -128,13 +129,18 @@ def minimum_detectable_effect(se: float, df: float, alpha: float = ALPHA,
     upper = 4.0
     while power_of(upper * se, se, df, alpha) < power:
         upper *= 2
-    nc = optimize.brentq(lambda k: power_of(k * se, se, df, alpha) - power, 0.0, upper,
-                         xtol=1e-10)
+    nc = optimize.brentq(lambda k: power_of(k * se, se, df, alpha) - power, 0.0, upper, xtol=1e-10)
     return float(nc * se)
 
 
-def seeds_needed(sd: float, effect: float, paired: bool = True, alpha: float = ALPHA,
-                 power: float = POWER, most: int = 100_000) -> int:
+def seeds_needed(
+    sd: float,
+    effect: float,
+    paired: bool = True,
+    alpha: float = ALPHA,
+    power: float = POWER,
+    most: int = 100_000,
+) -> int:
     """The smallest number of seeds per arm at which a paired t-test (``sd``: spread of the
     per-seed differences) or a two-sample t-test (``sd``: spread within each arm, equal
     sizes) detects ``effect`` with probability ``power``."""
@@ -171,8 +177,7 @@ def tost(comparison: Comparison, margin: float, alpha: float = ALPHA) -> float:
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:
     """Holm-Bonferroni adjusted p-values, in the input order; ``None`` / NaN entries (no test)
     are left as ``None`` and do not count in the family size."""
-    tested = [(i, float(p)) for i, p in enumerate(pvalues)
-              if p is not None and math.isfinite(p)]
+    tested = [(i, float(p)) for i, p in enumerate(pvalues) if p is not None and math.isfinite(p)]
     m = len(tested)
     adjusted: list[float | None] = [None] * len(pvalues)
     running = 0.0
@@ -182,8 +187,13 @@ def holm(pvalues: Sequence[float | None]) -> list[float | None]:
     return adjusted
 
 
-def logrank(times_a: Sequence[float], events_a: Sequence[bool], times_b: Sequence[float],
-            events_b: Sequence[bool], alpha: float = ALPHA) -> Comparison:
+def logrank(
+    times_a: Sequence[float],
+    events_a: Sequence[bool],
+    times_b: Sequence[float],
+    events_b: Sequence[bool],
+    alpha: float = ALPHA,
+) -> Comparison:
     """Two-sample log-rank test with right censoring (``events[i]`` False: censored at
     ``times[i]``; at a tie a censored run still counts as at risk).
 
@@ -210,8 +220,7 @@ def logrank(times_a: Sequence[float], events_a: Sequence[bool], times_b: Sequenc
             variance += d * (r_a / r) * (1 - r_a / r) * (r - d) / (r - 1)
     n = min(len(ta), len(tb))
     if variance == 0.0:
-        return Comparison("log-rank", 0.0, -math.inf, math.inf, 1.0, math.inf, math.inf, n,
-                          alpha)
+        return Comparison("log-rank", 0.0, -math.inf, math.inf, 1.0, math.inf, math.inf, n, alpha)
     statistic = (observed - expected) ** 2 / variance
     p = float(stats.chi2.sf(statistic, 1))
     effect, se = (observed - expected) / variance, 1 / math.sqrt(variance)

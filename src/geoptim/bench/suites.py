@@ -124,8 +124,13 @@ def _step_size(task: str, seeds: int) -> tuple[Experiment, ...]:
 def _agr(seeds: int, optimizers: tuple[str, ...] = AGR) -> tuple[Experiment, ...]:
     return (
         Experiment("agr", "digits", optimizers, seeds=seeds),
-        Experiment("agr-variants", "digits", ("adamw_agr",), seeds=seeds,
-                   variants=(agr_until_fraction(0.5), *AGR_VARIANTS)),
+        Experiment(
+            "agr-variants",
+            "digits",
+            ("adamw_agr",),
+            seeds=seeds,
+            variants=(agr_until_fraction(0.5), *AGR_VARIANTS),
+        ),
     )
 
 
@@ -137,8 +142,7 @@ SUITES: dict[str, tuple[Experiment, ...]] = {
         *_step_size("digits", QUICK_SEEDS),
         *_step_size("mnist1d", QUICK_SEEDS),
         *_agr(QUICK_SEEDS),
-        Experiment("p-max", "digits", ("lpsgdm",), seeds=QUICK_SEEDS,
-                   variants=({"p_max": 14.0},)),
+        Experiment("p-max", "digits", ("lpsgdm",), seeds=QUICK_SEEDS, variants=({"p_max": 14.0},)),
         Experiment("grokking", "grokking", GROKKING, seeds=QUICK_SEEDS),
         Experiment("quadratic", "quadratic", QUADRATIC, seeds=1),
     ),
@@ -148,21 +152,29 @@ SUITES: dict[str, tuple[Experiment, ...]] = {
         Experiment("others", "digits", OTHERS, seeds=STANDARD_SEEDS),
         Experiment("others", "mnist1d", OTHERS, seeds=STANDARD_SEEDS),
         *_agr(STANDARD_SEEDS, AGR + ADAN),
-        Experiment("p-max", "digits", ("lpsgdm",), seeds=STANDARD_SEEDS,
-                   variants=tuple({"p_max": p} for p in P_MAX)),
+        Experiment(
+            "p-max",
+            "digits",
+            ("lpsgdm",),
+            seeds=STANDARD_SEEDS,
+            variants=tuple({"p_max": p} for p in P_MAX),
+        ),
         Experiment("grokking", "grokking", GROKKING, seeds=STANDARD_SEEDS),
         Experiment("grokking-wd", "grokking", GROKKING, seeds=10, lr_wd=GROKKING_LR_WD),
-        Experiment("grokking", "grokking", GROKKING, seeds=5,
-                   task_overrides={"model": "transformer"}),
+        Experiment(
+            "grokking", "grokking", GROKKING, seeds=5, task_overrides={"model": "transformer"}
+        ),
         Experiment("quadratic", "quadratic", QUADRATIC, seeds=3),
-        Experiment("quadratic", "quadratic", QUADRATIC, seeds=3,
-                   task_overrides={"problem": "weak"}),
+        Experiment(
+            "quadratic", "quadratic", QUADRATIC, seeds=3, task_overrides={"problem": "weak"}
+        ),
     ),
     "full": (
         Experiment("grokking", "grokking", (*GROKKING, "lpsgdm", "adamw_agr"), seeds=20),
         Experiment("grokking-wd", "grokking", GROKKING, seeds=10, lr_wd=GROKKING_LR_WD),
-        Experiment("grokking", "grokking", GROKKING, seeds=10,
-                   task_overrides={"model": "transformer"}),
+        Experiment(
+            "grokking", "grokking", GROKKING, seeds=10, task_overrides={"model": "transformer"}
+        ),
         *_step_size("digits", STANDARD_SEEDS),
         *_step_size("mnist1d", STANDARD_SEEDS),
         Experiment("others", "digits", OTHERS, seeds=STANDARD_SEEDS),
@@ -172,24 +184,53 @@ SUITES: dict[str, tuple[Experiment, ...]] = {
         Experiment("lpsgdm-vs-sgdm", "cifar100", ("sgdm", "lpsgdm", "adamw", "lion"), seeds=5),
         *_agr(STANDARD_SEEDS, AGR + ADAN),
         Experiment("agr", "cifar100", AGR + ADAN, seeds=5),
-        Experiment("agr-late", "digits", ("adamw_agr",), seeds=STANDARD_SEEDS,
-                   variants=(agr_until_fraction(0.75),)),
-        Experiment("p-max", "digits", ("lpsgdm",), seeds=STANDARD_SEEDS,
-                   variants=tuple({"p_max": p} for p in P_MAX)),
-        Experiment("p-max", "cifar10", ("lpsgdm",), seeds=5,
-                   variants=tuple({"p_max": p} for p in (2.0, 4.0, 8.0, 12.0, 14.0))),
+        Experiment(
+            "agr-late",
+            "digits",
+            ("adamw_agr",),
+            seeds=STANDARD_SEEDS,
+            variants=(agr_until_fraction(0.75),),
+        ),
+        Experiment(
+            "p-max",
+            "digits",
+            ("lpsgdm",),
+            seeds=STANDARD_SEEDS,
+            variants=tuple({"p_max": p} for p in P_MAX),
+        ),
+        Experiment(
+            "p-max",
+            "cifar10",
+            ("lpsgdm",),
+            seeds=5,
+            variants=tuple({"p_max": p} for p in (2.0, 4.0, 8.0, 12.0, 14.0)),
+        ),
         Experiment("quadratic", "quadratic", QUADRATIC, seeds=3),
-        Experiment("quadratic", "quadratic", QUADRATIC, seeds=3,
-                   task_overrides={"problem": "weak"}),
+        Experiment(
+            "quadratic", "quadratic", QUADRATIC, seeds=3, task_overrides={"problem": "weak"}
+        ),
         # The LPSGD paper's figure 1: the Hessian spectrum of the digits ResNet over training.
-        Experiment("curvature", "digits", ("sgdm", "lpsgdm"), seeds=1, kind="curvature",
-                   task_overrides={"model": "resnet"},
-                   budget={"epochs": 10, "at": (0, 1, 2, 5, 10)}),
+        Experiment(
+            "curvature",
+            "digits",
+            ("sgdm", "lpsgdm"),
+            seeds=1,
+            kind="curvature",
+            task_overrides={"model": "resnet"},
+            budget={"epochs": 10, "at": (0, 1, 2, 5, 10)},
+        ),
         # The SepNorm paper's figure 2 / appendix C: momentum tracing, Lion vs SepNorm, each
         # with ReLU and leaky ReLU.
-        Experiment("momentum-tracing", "digits", ("lion", "sepnorm"), seeds=1,
-                   kind="momentum_tracing", task_overrides={"model": "resnet"},
-                   variants=({"lr": 1e-2, "weight_decay": 0.2},), budget={"epochs": 12}),
+        Experiment(
+            "momentum-tracing",
+            "digits",
+            ("lion", "sepnorm"),
+            seeds=1,
+            kind="momentum_tracing",
+            task_overrides={"model": "resnet"},
+            variants=({"lr": 1e-2, "weight_decay": 0.2},),
+            budget={"epochs": 12},
+        ),
     ),
 }
 """Every suite by name."""
@@ -275,18 +316,27 @@ def build_specs(
     return list(specs.values())
 
 
-def _variants(exp: Experiment, task: Any, budget: dict[str, Any],
-              base: dict[str, Any]) -> list[Variant]:
+def _variants(
+    exp: Experiment, task: Any, budget: dict[str, Any], base: dict[str, Any]
+) -> list[Variant]:
     if exp.lr_wd:
         return [{"weight_decay": value / float(base["lr"])} for value in exp.lr_wd]
-    return [variant(task, budget) if callable(variant) else dict(variant)
-            for variant in exp.variants]
+    return [
+        variant(task, budget) if callable(variant) else dict(variant) for variant in exp.variants
+    ]
 
 
 RUN_COST = {"sgdm_rms": 2.0}
 """Runs that cost more than one training run: ``sgdm_rms`` first runs its paired LPSGDM."""
-FALLBACK_SECONDS = {"quadratic": 0.3, "digits": 3.0, "mnist1d": 3.0, "grokking": 15.0,
-                    "grokking[model=transformer]": 150.0, "cifar10": 600.0, "cifar100": 600.0}
+FALLBACK_SECONDS = {
+    "quadratic": 0.3,
+    "digits": 3.0,
+    "mnist1d": 3.0,
+    "grokking": 15.0,
+    "grokking[model=transformer]": 150.0,
+    "cifar10": 600.0,
+    "cifar100": 600.0,
+}
 """Single-thread seconds per run where a task gives no ``estimated_seconds`` (rough)."""
 
 
@@ -300,8 +350,9 @@ def estimated_seconds(spec: RunSpec, task: Any) -> float:
     return seconds * RUN_COST.get(spec.optimizer, 1.0)
 
 
-def plan_text(specs: Sequence[RunSpec], make_task: Callable[[str, dict[str, Any]], Any],
-              workers: int) -> str:
+def plan_text(
+    specs: Sequence[RunSpec], make_task: Callable[[str, dict[str, Any]], Any], workers: int
+) -> str:
     """The plan of a dry run: per task, optimizer setting and seeds, the runs and their
     estimated time, then the total and the wall-clock estimate for ``workers`` workers
     (the total shared evenly, at least the longest run)."""
@@ -311,15 +362,18 @@ def plan_text(specs: Sequence[RunSpec], make_task: Callable[[str, dict[str, Any]
         if spec.task_label not in tasks:
             tasks[spec.task_label] = make_task(spec.task, spec.task_overrides)
         rows.setdefault((spec.task_label, spec.label), []).append(
-            estimated_seconds(spec, tasks[spec.task_label]))
+            estimated_seconds(spec, tasks[spec.task_label])
+        )
     lines = ["task | setting | seeds | est. s per run"]
     for (task, label), seconds in rows.items():
         lines.append(f"{task} | {label} | {len(seconds)} | {seconds[0]:.1f}")
     total = sum(sum(seconds) for seconds in rows.values())
     longest = max((max(seconds) for seconds in rows.values()), default=0.0)
     wall = max(total / max(workers, 1), longest)
-    lines.append(f"{len(specs)} runs, {total / 60:.1f} CPU-min single-thread; estimated "
-                 f"{wall / 60:.1f} min wall with {workers} workers (before any run is skipped)")
+    lines.append(
+        f"{len(specs)} runs, {total / 60:.1f} CPU-min single-thread; estimated "
+        f"{wall / 60:.1f} min wall with {workers} workers (before any run is skipped)"
+    )
     return "\n".join(lines)
 
 
