@@ -108,9 +108,13 @@ AGR_VARIANTS = ({"agr_moments": "first"},)
 QUADRATIC = ("sgd", "signsgd", "normsgd", "lpsgd")
 P_MAX = (4.0, 9.0, 14.0)
 """The p_max sweep beside the preset's 6 (and fixed p = 2)."""
-GROKKING_LR_WD = (5e-3, 1e-2, 2e-2, 4e-2)
+GROKKING_LR_WD = (1e-3, 2e-3, 5e-3, 1e-2)
 """The grokking weight-decay sweep as lr * wd (decoupled shrink per step), the same for every
-optimizer so the gap ordering is compared at matched regularisation."""
+optimizer so the gap ordering is compared at matched regularisation: around the SepNorm paper's
+AdamW (lr 1e-3, wd 1) and Lion / SepNorm (lr 1e-3, wd 5) products."""
+TRANSFORMER_STANDARD = {"steps": 6000, "eval_every": 100}
+"""The canonical transformer in the standard suite: 6000 of the paper's 15000 steps (a run that
+has not generalised by then is censored there)."""
 
 
 def _step_size(task: str, seeds: int) -> tuple[Experiment, ...]:
@@ -162,7 +166,12 @@ SUITES: dict[str, tuple[Experiment, ...]] = {
         Experiment("grokking", "grokking", GROKKING, seeds=STANDARD_SEEDS),
         Experiment("grokking-wd", "grokking", GROKKING, seeds=10, lr_wd=GROKKING_LR_WD),
         Experiment(
-            "grokking", "grokking", GROKKING, seeds=5, task_overrides={"model": "transformer"}
+            "grokking",
+            "grokking",
+            GROKKING,
+            seeds=4,
+            task_overrides={"model": "transformer"},
+            budget=TRANSFORMER_STANDARD,
         ),
         Experiment("quadratic", "quadratic", QUADRATIC, seeds=3),
         Experiment(
