@@ -446,25 +446,28 @@ def _agr_note(*series: Series) -> str:
     return "; ".join(parts)
 
 
+def _applies(claim: Claim, section: Section, a: Series, b: Series) -> bool:
+    """Grokking claims on grokking runs; accuracy claims where both arms measured it."""
+    if claim.metric == GENERALISATION:
+        return section.task == "grokking"
+    return bool(np.isfinite(a.final("test_acc")).any() and np.isfinite(b.final("test_acc")).any())
+
+
 def evaluate(
     sections: Sequence[Section], claims: Iterable[Claim] = CLAIMS, alpha: float = ALPHA
 ) -> list[ClaimRow]:
     """Every applicable claim on every section, Holm-corrected together, with verdicts."""
     rows = []
     for claim in claims:
+        make = _generalisation_row if claim.metric == GENERALISATION else _accuracy_row
         for section in sections:
             tests = [(claim, a, b) for a, b in _arms(claim, section)]
             tests += matched_regularisation(claim, section)
-            for named, a, b in tests:
-                make = _generalisation_row if claim.metric == GENERALISATION else _accuracy_row
-                if claim.metric == GENERALISATION and section.task != "grokking":
-                    continue
-                if claim.metric == ACCURACY and not (
-                    np.isfinite(a.final("test_acc")).any()
-                    and np.isfinite(b.final("test_acc")).any()
-                ):
-                    continue
-                rows.append(make(named, _preset_label(section, a), a, b))
+            rows += [
+                make(named, _preset_label(section, a), a, b)
+                for named, a, b in tests
+                if _applies(claim, section, a, b)
+            ]
     for row, adjusted in zip(rows, stats.holm([row.p for row in rows]), strict=True):
         row.p_holm = adjusted
         row.verdict = verdict(row.effect, row.mde, adjusted, row.p_tost, row.paper_effect, alpha)
