@@ -115,3 +115,17 @@ def test_quick_suite_is_planned_within_ten_minutes_on_two_workers():
             tasks[spec.task_label] = make_task(spec.task, spec.task_overrides)
         total += suites.estimated_seconds(spec, tasks[spec.task_label])
     assert total / 2 <= 600
+
+
+def test_seeds_for_power_reads_the_pilot(tmp_path):
+    import json
+
+    rows = [
+        {"claim": "LPSGDM beats SGD with momentum", "task": "digits", "n_for_paper": 31},
+        {"claim": "AGR improves AdamW", "task": "digits", "n_for_paper": None},
+    ]
+    (tmp_path / "claims.json").write_text(json.dumps(rows))
+    assert suites.seeds_for_power(tmp_path / "claims.json") == {
+        ("LPSGDM beats SGD with momentum", "digits"): 31,
+        ("AGR improves AdamW", "digits"): None,
+    }
