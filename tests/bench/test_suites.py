@@ -26,6 +26,8 @@ HEADLINE = {  # (task label, series label) of every arm of the headline comparis
     ("digits", "adamw"),
     ("digits", "adamw_agr"),
     ("digits", "adamw_agr(agr_moments=first)"),
+    ("digits", "adan"),
+    ("digits", "adan_agr"),
     ("grokking", "adamw"),
     ("grokking", "lion"),
     ("grokking", "sepnorm"),
