@@ -20,6 +20,18 @@ so every comparison is a paired test over the seeds both arms ran.
 Seeds per comparison come from a power analysis: ``n for paper`` in the report's claims table is
 the number of paired seeds that gives 80% power for the paper's effect at the spread a run
 measured; :func:`seeds_for_power` reads it from a report directory's ``claims.json``.
+
+Pilot (2026-12-01; ``geoptim bench --suite quick --tasks digits mnist1d --optimizers lpsgdm sgdm
+sgdm_rms --seeds 5 --workers 1``, the papers' presets, on the shared 2-core machine): n for the
+paper's 0.68 points, paired, at the sd of the per-seed differences measured: LPSGDM vs SGDM 889
+(digits, sd 7.2 points) and 78 (MNIST-1D); cosine vs SGDM on LPSGDM's update-RMS schedule 77
+(digits) and 20 (MNIST-1D); cosine vs p fixed at p_max 37 and 9; vs fixed p = 2 441 and 247 (the
+fixed-p = 2 arm barely trains at LPSGDM's lr: 9-12% accuracy, a difference of 34-63 points that
+needs no power). The grokking pilot (4 seeds per optimizer, the MLP's 400-step budget) had no run
+that fitted, so no spread to plan from. Hence the floors: 10 paired seeds in ``quick`` (MDE about
+one sd of the differences), 20 in ``standard`` (enough for the MNIST-1D step-size control at
+the pilot's spread); on digits no CPU suite reaches the paper's 0.68 points, and the report says
+so (*underpowered*, with the MDE reached).
 """
 
 from __future__ import annotations
