@@ -207,7 +207,8 @@ def gap_vs_lr_wd(section: Section, path: Path) -> bool:
 def forest(rows: Sequence[ClaimRow], path: Path, title: str) -> bool:
     """Every claim's effect with its 95% interval, one row each, one panel per metric; the
     shaded band is the row's equivalence margin, the diamond the paper's effect; a positive
-    effect is the direction the claim states."""
+    effect is the direction the claim states. An interval without finite bounds (no event in
+    either arm) is dotted to the panel's edge."""
     rows = [row for row in rows if np.isfinite(row.effect)]
     if not rows:
         return False
@@ -227,16 +228,26 @@ def forest(rows: Sequence[ClaimRow], path: Path, title: str) -> bool:
     for ax, metric in zip(axes, metrics, strict=True):
         chosen = [row for row in rows if row.metric == metric][::-1]
         y = np.arange(len(chosen))
+        ends = [
+            v
+            for row in chosen
+            for v in (row.low, row.high, row.paper_effect, row.margin, -row.margin)
+            if np.isfinite(v)
+        ]
+        pad = 0.05 * (max(ends) - min(ends))
+        left, right = min(ends) - pad, max(ends) + pad
         for k, row in enumerate(chosen):
             colour = colours.get(row.verdict, "black")
             ax.fill_between(
                 [-row.margin, row.margin], k - 0.4, k + 0.4, color="tab:blue", alpha=0.1, lw=0
             )
-            low, high = max(row.low, -1e6), min(row.high, 1e6)
-            ax.plot([low, high], [k, k], color=colour, lw=2)
+            low, high = max(row.low, left), min(row.high, right)
+            unbounded = not (np.isfinite(row.low) and np.isfinite(row.high))
+            ax.plot([low, high], [k, k], color=colour, lw=2, ls=":" if unbounded else "-")
             ax.plot(row.effect, k, "o", color=colour, ms=5)
             ax.plot(row.paper_effect, k, "D", color="black", ms=4, mfc="none")
         ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlim(left, right)
         ax.set_yticks(y)
         ax.set_yticklabels([_short(row) for row in chosen], fontsize=7)
         ax.set_xlabel(f"effect: {metric}", fontsize=8)
