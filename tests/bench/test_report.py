@@ -24,6 +24,7 @@ ACC = {  # final test accuracies per seed
     "lpsgdm(p_max=4)": [0.85, 0.86, 0.84],
 }
 NLL = {"sgdm": [0.30, 0.28, 0.35], "lpsgdm": [0.40, 0.42, 0.39], "lpsgdm(p_max=4)": [0.5, 0.5, 0.6]}
+AGR_CHANGE = [0.002, 0.004, 0.009]
 GAPS = {
     "adamw": [200, 250, None],
     "lion": [100, 120, 110],
@@ -33,7 +34,17 @@ GAPS = {
 
 
 def digits_records():
-    out = []
+    out = [
+        record(
+            "digits",
+            "adamw_agr",
+            seed,
+            steps=STEPS,
+            test_acc=[0.1, 0.2, 0.3, 0.4, 0.5],
+            extra={"agr_relative_change": change},
+        )
+        for seed, change in enumerate(AGR_CHANGE)
+    ]
     for label, finals in ACC.items():
         optimizer, variant = ("lpsgdm", {"p_max": 4}) if "p_max" in label else (label, {})
         for seed, final in enumerate(finals):
@@ -181,6 +192,13 @@ def test_end_of_budget_summary_has_test_nll_and_curve_area(report):
     # mean accuracy over the run: trapezoid over the 5 equally spaced checkpoints / 40 steps
     area = [(0.1 / 2 + f / 2 + 0.9 * f + 0.95 * f + f / 2) / 4 for f in ACC["lpsgdm"]]
     assert cell(rows, "lpsgdm", 4) == expected(area, 100, 2)
+
+
+def test_agr_relative_change_is_reported(report):
+    _, text = report
+    rows = block(text, "### How much AGR changes the update")
+    assert cell(rows, "adamw_agr", 2) == expected([c * 100 for c in AGR_CHANGE], 1, 3)
+    assert cell(rows, "adamw_agr", 3) == "0.400%"
 
 
 def test_grokking_table_counts_every_run(report):

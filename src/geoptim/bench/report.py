@@ -197,6 +197,22 @@ def grokking_table(section: Section) -> str | None:
     return "\n".join(lines)
 
 
+def agr_table(section: Section) -> str | None:
+    """Per AGR series, the measured relative change AGR makes to the update
+    (``extra.agr_relative_change``: ||update with AGR - without|| / ||without||, median over
+    probe steps), over its runs."""
+    rows = []
+    for s in section.series:
+        changes = [c for c in s.extra("agr_relative_change") if c is not None]
+        if changes:
+            mean, std, n = mean_std(np.array(changes) * 100)
+            rows.append(f"| {s.label} | {n} | {fmt(mean, std, 3)} | {np.median(changes):.3%} |")
+    if not rows:
+        return None
+    return "\n".join(["| optimizer | runs | relative change (%) | median |", "|---|---|---|---|",
+                      *rows])
+
+
 def quadratic_table(section: Section) -> str | None:
     if not any(any(e is not None for e in s.extra("steps_to_target")) for s in section.series):
         return None
@@ -263,6 +279,9 @@ def _section(section: Section, out_dir: Path) -> str:
         name = f"{slug}_gap_vs_lr_wd.png"
         if plots.gap_vs_lr_wd(section, out_dir / name):
             parts += [f"![grokking against lr·wd]({name})", ""]
+    agr = agr_table(section)
+    if agr:
+        parts += ["### How much AGR changes the update\n", agr, ""]
     quad = quadratic_table(section)
     if quad:
         parts += ["### Steps to target loss\n", quad, ""]
