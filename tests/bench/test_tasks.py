@@ -108,6 +108,7 @@ def test_estimated_seconds() -> None:
     assert (steps, checkpoints) == (10, 2)
     expected = 10 * digits.STEP_SECONDS + 3 * digits.EVAL_SECONDS
     assert digits.estimated_seconds({"epochs": 2}) == pytest.approx(expected)
+    assert digits.estimated_seconds({"epochs": 2}, "sgdm_rms") == pytest.approx(2 * expected)
 
 
 # ---------------------------------------------------------------- grokking gap

@@ -80,10 +80,12 @@ class Task:
         steps = int(budget["steps"])
         return steps, steps
 
-    def estimated_seconds(self, budget: dict[str, Any]) -> float:
-        """The estimated single-thread CPU time of one run of ``budget``."""
+    def estimated_seconds(self, budget: dict[str, Any], optimizer: str | None = None) -> float:
+        """The estimated single-thread CPU time of one run of ``budget`` (twice that for
+        ``"sgdm_rms"``, which replays its paired LPSGDM run first)."""
         steps, checkpoints = self.budget_steps(budget)
-        return steps * self.STEP_SECONDS + (checkpoints + 1) * self.EVAL_SECONDS
+        runs = 2 if optimizer == "sgdm_rms" else 1
+        return runs * (steps * self.STEP_SECONDS + (checkpoints + 1) * self.EVAL_SECONDS)
 
     def run(
         self,
