@@ -16,6 +16,8 @@ Hyper-parameters (``hparams``):
   step 0 (``T`` = epochs for epoch budgets), stepped once per checkpoint; LPSGD/LPSGDM only;
 * ``p_schedule``: ``"cosine"`` (default, the schedule above) or ``"constant"`` (``p`` stays
   ``p_max`` for the whole run: the fixed-p control arm; ``{"p_max": 2}`` is plain SGD-momentum);
+* ``agr_moments`` (AGR optimizers): passed as the optimizer's ``moments`` keyword (``"both"``:
+  every moment sees ``Psi(g)``, the official code; ``"first"``: the AGR paper's prose);
 * any other key is an optimizer keyword (``betas``, ``momentum``, ``agr_until``, ``p``, ...).
 
 Optimizer ``"sgdm_rms"`` (the step-size control of LPSGDM, :class:`RMSMatchedSGDM`): SGD-momentum
@@ -130,6 +132,8 @@ def setup_optimizer(
     kwargs = {k: v for k, v in hparams.items() if k not in SCHEDULE_KEYS}
     if isinstance(kwargs.get("betas"), list):
         kwargs["betas"] = tuple(kwargs["betas"])  # JSON round trips turn tuples into lists
+    if "agr_moments" in kwargs:
+        kwargs["moments"] = kwargs.pop("agr_moments")
     p_max = hparams.get("p_max")
     if name == "sgdm_rms":
         if rms_schedule is None:
