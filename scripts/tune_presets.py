@@ -8,7 +8,8 @@ their base optimizer's preset. Usage::
     PYTHONPATH=src python scripts/tune_presets.py OUT_DIR [TASK ...]   # run the searches
     PYTHONPATH=src python scripts/tune_presets.py OUT_DIR --ship       # write the JSON file
 
-The grids below are the search spaces recorded in each preset's provenance.
+The grids below are the search spaces recorded in each preset's provenance (a grid whose best
+point was at its edge was extended by one point, and the search re-run: its trials are cached).
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from geoptim.bench.records import write_json_atomic
 from geoptim.bench.tasks import get_task
 
 LR4 = {
-    "sgdm": [0.01, 0.03, 0.1, 0.3],
+    "sgdm": [0.003, 0.01, 0.03, 0.1, 0.3],
     "lpsgdm": [1e-3, 3e-3, 1e-2, 3e-2],
-    "adamw": [1e-3, 3e-3, 1e-2, 3e-2],
+    "adamw": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
     "adan": [1e-3, 3e-3, 1e-2, 3e-2],
     "lion": [3e-4, 1e-3, 3e-3, 1e-2],
     "sepnorm": [3e-4, 1e-3, 3e-3, 1e-2],
@@ -54,10 +55,10 @@ PLAN: list[tuple[str, int, dict[str, dict[str, list[float]]]]] = [
             name: {"lr": lrs}
             for name, lrs in {
                 "sgdm": [0.03, 0.1, 0.3],
-                "lpsgdm": [3e-3, 1e-2, 3e-2],
-                "adamw": [3e-3, 1e-2, 3e-2],
-                "lion": [1e-3, 3e-3, 1e-2],
-                "sepnorm": [1e-3, 3e-3, 1e-2],
+                "lpsgdm": [3e-3, 1e-2, 3e-2, 0.1],
+                "adamw": [3e-3, 1e-2, 3e-2, 0.1],
+                "lion": [1e-3, 3e-3, 1e-2, 3e-2],
+                "sepnorm": [1e-3, 3e-3, 1e-2, 3e-2],
             }.items()
         },
     ),
@@ -65,10 +66,10 @@ PLAN: list[tuple[str, int, dict[str, dict[str, list[float]]]]] = [
         "grokking",
         1,
         {
-            "adamw": {"lr": [3e-3, 1e-2], "weight_decay": [1.0, 2.0]},
-            "lion": {"lr": [3e-3, 1e-2], "weight_decay": [1.0, 3.0]},
-            "sepnorm": {"lr": [3e-3, 1e-2], "weight_decay": [1.0, 3.0]},
-            "ortsepnorm": {"lr": [3e-3, 1e-2], "weight_decay": [0.1, 1.0]},
+            "adamw": {"lr": [3e-3, 1e-2, 3e-2], "weight_decay": [1.0, 2.0, 4.0]},
+            "lion": {"lr": [3e-3, 1e-2, 3e-2], "weight_decay": [1.0, 3.0, 6.0]},
+            "sepnorm": {"lr": [3e-3, 1e-2, 3e-2], "weight_decay": [1.0, 3.0, 6.0]},
+            "ortsepnorm": {"lr": [3e-3, 1e-2, 3e-2], "weight_decay": [0.1, 1.0]},
         },
     ),
 ]

@@ -39,7 +39,7 @@ def test_registry() -> None:
     for name in ALL:
         task = tasks.get_task(name)
         assert task.name == name and task.description
-        for suite in ("quick", "full"):
+        for suite in ("quick", "standard", "full"):
             budget = task.default_budget(suite)
             assert ("epochs" in budget) != ("steps" in budget)
         with pytest.raises(ValueError, match="quick"):
@@ -63,6 +63,8 @@ def test_overrides_change_budgets_and_models() -> None:
     mlp, transformer = tasks.get_task("grokking"), tasks.get_task("grokking", model="transformer")
     assert mlp.train_frac == 0.5 and transformer.train_frac == 0.3
     assert transformer.default_budget("full") == {"steps": 15000, "eval_every": 100}
+    assert transformer.default_budget("standard") == {"steps": 3000, "eval_every": 50}
+    assert mlp.default_budget("standard") == mlp.default_budget("quick")
     assert type(transformer.make_model(0)).__name__ == "GrokTransformer"
     assert type(tasks.get_task("digits", model="vgg").make_model(0)).__name__ == "DigitsVGG"
     leaky = tasks.get_task("digits", activation="leaky_relu").make_model(0)
@@ -108,6 +110,7 @@ def test_estimated_seconds() -> None:
     assert (steps, checkpoints) == (10, 2)
     expected = 10 * digits.STEP_SECONDS + 3 * digits.EVAL_SECONDS
     assert digits.estimated_seconds({"epochs": 2}) == pytest.approx(expected)
+    assert digits.estimated_seconds({"epochs": 2}, "sgdm_rms") == pytest.approx(2 * expected)
 
 
 # ---------------------------------------------------------------- grokking gap

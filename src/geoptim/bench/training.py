@@ -16,6 +16,8 @@ Hyper-parameters (``hparams``):
   step 0 (``T`` = epochs for epoch budgets), stepped once per checkpoint; LPSGD/LPSGDM only;
 * ``p_schedule``: ``"cosine"`` (default, the schedule above) or ``"constant"`` (``p`` stays
   ``p_max`` for the whole run: the fixed-p control arm; ``{"p_max": 2}`` is plain SGD-momentum);
+* ``agr_moments`` (AGR optimizers): passed as the optimizer's ``moments`` keyword (``"both"``:
+  every moment sees ``Psi(g)``, the official code; ``"first"``: the AGR paper's prose);
 * any other key is an optimizer keyword (``betas``, ``momentum``, ``agr_until``, ``p``, ...).
 
 Optimizer ``"sgdm_rms"`` (the step-size control of LPSGDM, :class:`RMSMatchedSGDM`): SGD-momentum
@@ -23,14 +25,15 @@ whose update is rescaled, per tensor and per step, to the RMS of the update LPSG
 step. It takes LPSGDM's hyper-parameters (``lr``, ``p_max``, ``p_schedule``, ``momentum``,
 ``weight_decay``, schedules); :func:`train` first replays the paired LPSGDM run (same task, seed,
 budget and hyper-parameters, hence the same initial weights and batches) to measure that RMS
-(:class:`UpdateRMSRecorder`), so an ``sgdm_rms`` run costs two runs. Only the direction differs:
-LPSGDM steps along ``phi_p(m)``, the control along ``m`` itself.
+(:class:`UpdateRMSRecorder`), so an ``sgdm_rms`` run costs two runs (its ``time_s`` counts its
+own steps only). Only the direction differs: LPSGDM steps along ``phi_p(m)``, the control along
+``m`` itself.
 
 AGR optimizers (a param group with ``agr_until``): ``extra["agr_relative_change"]`` is the median,
 over :data:`AGR_PROBES` steps spread over the steps where AGR is on, of
 ``||u_AGR - u_plain|| / ||u_plain||`` (all parameters together), where ``u_plain`` is the update
 the same optimizer makes from the same state and gradient with AGR switched off for that step
-(:func:`step_measuring_agr`).
+(:func:`step_measuring_agr`; a probe takes two optimizer steps, both inside ``time_s``).
 
 Callbacks are objects with optional methods ``on_train_begin(model, optimizer)``, called once
 before the first step, ``on_step(step, model, optimizer, loss)``, called after
@@ -130,6 +133,8 @@ def setup_optimizer(
     kwargs = {k: v for k, v in hparams.items() if k not in SCHEDULE_KEYS}
     if isinstance(kwargs.get("betas"), list):
         kwargs["betas"] = tuple(kwargs["betas"])  # JSON round trips turn tuples into lists
+    if "agr_moments" in kwargs:
+        kwargs["moments"] = kwargs.pop("agr_moments")
     p_max = hparams.get("p_max")
     if name == "sgdm_rms":
         if rms_schedule is None:

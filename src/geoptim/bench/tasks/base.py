@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-SUITES = ("quick", "full")
+SUITES = ("quick", "standard", "full")
 
 
 class TaskData(Protocol):
@@ -64,9 +64,11 @@ class Task:
     """What ``geoptim tune`` maximises (a validation metric; see :mod:`geoptim.bench.tune`)."""
 
     def default_budget(self, suite: str) -> dict[str, Any]:
-        """The budget for ``suite`` (``"quick"`` or ``"full"``)."""
+        """The budget for ``suite`` (``"quick"``, ``"standard"`` or ``"full"``); a task without a
+        ``"standard"`` budget runs its quick one there."""
         check_suite(suite)
-        return dict(self._budgets()[suite])
+        budgets = self._budgets()
+        return dict(budgets.get(suite) or budgets["quick"])
 
     def _budgets(self) -> dict[str, dict[str, Any]]:
         raise NotImplementedError
@@ -80,10 +82,12 @@ class Task:
         steps = int(budget["steps"])
         return steps, steps
 
-    def estimated_seconds(self, budget: dict[str, Any]) -> float:
-        """The estimated single-thread CPU time of one run of ``budget``."""
+    def estimated_seconds(self, budget: dict[str, Any], optimizer: str | None = None) -> float:
+        """The estimated single-thread CPU time of one run of ``budget`` (twice that for
+        ``"sgdm_rms"``, which replays its paired LPSGDM run first)."""
         steps, checkpoints = self.budget_steps(budget)
-        return steps * self.STEP_SECONDS + (checkpoints + 1) * self.EVAL_SECONDS
+        runs = 2 if optimizer == "sgdm_rms" else 1
+        return runs * (steps * self.STEP_SECONDS + (checkpoints + 1) * self.EVAL_SECONDS)
 
     def run(
         self,

@@ -92,6 +92,7 @@ class GrokkingTask(TrainableTask):
             }
         return {
             "quick": {"steps": 1500, "eval_every": 50},
+            "standard": {"steps": 3000, "eval_every": 50},
             "full": {"steps": 15000, "eval_every": 100},
         }
 
