@@ -99,14 +99,6 @@ def total_steps(task: Any, budget: dict[str, Any]) -> int:
     return budget_steps(budget, steps_per_epoch)[0]
 
 
-def suite_budget(task: Any, suite: str) -> dict[str, Any]:
-    """The task's default budget for ``suite``; a task that defines no ``standard`` budget runs
-    its ``quick`` one in the standard suite (with more seeds)."""
-    from geoptim.bench.tasks.base import SUITES as TASK_SUITES
-
-    return task.default_budget(suite if suite in TASK_SUITES else "quick")
-
-
 LPSGDM_CONTROLS = ("lpsgdm", "sgdm", "sgdm_rms")
 """LPSGDM, SGDM, and SGDM driven by LPSGDM's measured update-RMS schedule (the step-size
 control); with :data:`FIXED_P` the arms of the step-size question."""
@@ -124,9 +116,6 @@ GROKKING_LR_WD = (1e-3, 2e-3, 5e-3, 1e-2)
 """The grokking weight-decay sweep as lr * wd (decoupled shrink per step), the same for every
 optimizer so the gap ordering is compared at matched regularisation: around the SepNorm paper's
 AdamW (lr 1e-3, wd 1) and Lion / SepNorm (lr 1e-3, wd 5) products."""
-TRANSFORMER_STANDARD = {"steps": 6000, "eval_every": 100}
-"""The canonical transformer in the standard suite: 6000 of the paper's 15000 steps (a run that
-has not generalised by then is censored there)."""
 
 
 def _step_size(task: str, seeds: int) -> tuple[Experiment, ...]:
@@ -182,9 +171,8 @@ SUITES: dict[str, tuple[Experiment, ...]] = {
             "grokking",
             "grokking",
             GROKKING,
-            seeds=4,
+            seeds=5,
             task_overrides={"model": "transformer"},
-            budget=TRANSFORMER_STANDARD,
         ),
         Experiment("quadratic", "quadratic", QUADRATIC, seeds=3),
         Experiment(
@@ -317,7 +305,7 @@ def build_specs(
     specs: dict[str, RunSpec] = {}
     for exp in experiments:
         task = make_task(exp.task, exp.task_overrides)
-        budget = {**suite_budget(task, suite), **exp.budget}
+        budget = {**task.default_budget(suite), **exp.budget}
         for optimizer in exp.optimizers:
             base = presets.hparams(exp.task, exp.task_overrides, optimizer)
             for variant in _variants(exp, task, budget, base):
