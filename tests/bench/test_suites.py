@@ -87,8 +87,8 @@ class _Timed:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
 
-    def estimated_seconds(self, budget):
-        return self.seconds * budget["steps"]
+    def estimated_seconds(self, budget, optimizer=None):
+        return self.seconds * budget["steps"] * (2 if optimizer == "sgdm_rms" else 1)
 
 
 def test_plan_estimate_uses_the_task_cost_and_workers():
