@@ -5,6 +5,7 @@ and claims (effect, interval, MDE, verdict) are written."""
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -247,3 +248,35 @@ def test_quadratic_table(report):
 def test_no_records_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no records"):
         build_report(tmp_path)
+
+
+def test_forest_plot_draws_unbounded_intervals(tmp_path):
+    from geoptim.bench import plots
+    from geoptim.bench.claims import GENERALISATION, ClaimRow
+
+    row = ClaimRow(
+        "c",
+        "s",
+        "grokking",
+        GENERALISATION,
+        "a",
+        "b",
+        "m",
+        "log-rank",
+        "4 / 4",
+        0.0,
+        -math.inf,
+        math.inf,
+        math.inf,
+        0.69,
+        0.22,
+        None,
+        1.0,
+        1.0,
+        1.0,
+        "underpowered",
+    )
+    assert plots.forest([row], tmp_path / "f.png", "t")
+    assert (tmp_path / "f.png").stat().st_size > 1000
+    nan = ClaimRow(**{**row.to_dict(), "effect": math.nan})
+    assert not plots.forest([nan], tmp_path / "g.png", "t")
