@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--suite",
         default="quick",
         choices=suite_names(),
-        help="quick: CPU-scale, under 10 min on 2 cores (default); full: the papers' protocol",
+        help="quick: CPU-scale, under 10 min on 2 cores (default); standard: under 60 min on 2 "
+        "cores; full: the papers' protocol (GPU)",
     )
     parser.add_argument(
         "--tasks",
@@ -63,9 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--presets",
         choices=("paper", "tuned"),
-        default="paper",
-        help="hyper-parameters: the papers' (default) or those `geoptim tune` "
-        "wrote to DIR/presets (paper where none was tuned)",
+        default="tuned",
+        help="hyper-parameters: tuned on validation data (default: the shipped ones, replaced "
+        "by those `geoptim tune` wrote to DIR/presets; paper where none was tuned) or the papers'",
     )
     parser.add_argument(
         "--preset-file",
@@ -92,14 +93,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="count records of other geoptim versions as done and report them",
     )
     parser.add_argument("--quiet", action="store_true", help="log lines instead of a bar")
-    parser.add_argument("--dry-run", action="store_true", help="list the runs and stop")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan with its estimated time, list the runs and stop")
     parser.add_argument("--no-report", action="store_true", help="do not build the report")
 
 
 def plan(args: argparse.Namespace) -> list[RunSpec]:
     """The run specs the arguments ask for; :class:`ConfigError` on any bad value (the output
     directory included: created and test-written unless ``--dry-run``)."""
-    from geoptim.bench.presets import PRESETS_SUBDIR, Presets, load_preset_file
+    from geoptim.bench.presets import PRESETS_SUBDIR, load_presets
     from geoptim.bench.records import canonical_json, records_dir
     from geoptim.bench.suites import build_specs, select
 
@@ -109,11 +111,8 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
         if not optimizers:
             raise ConfigError("--optimizers names no optimizer")
         check_optimizers(optimizers)
-    files = list(args.preset_file)
-    if args.presets == "tuned":
-        files = sorted((Path(args.out) / PRESETS_SUBDIR).glob("*.json")) + files
     try:
-        tuned = [load_preset_file(path) for path in files]
+        presets = load_presets(args.presets, Path(args.out) / PRESETS_SUBDIR, args.preset_file)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     experiments = select(args.suite, tasks, optimizers, args.seeds)
@@ -122,7 +121,7 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
             "no run left: the optimizers chosen appear in none of the suite's experiments"
         )
     check_optimizers({name for exp in experiments for name in exp.optimizers})
-    specs = build_specs(experiments, Presets(tuned), args.suite, make_task)
+    specs = build_specs(experiments, presets, args.suite, make_task)
     writable_dir(args.out, create=False)  # a file in the way is found before the slower checks
     settings = {(s.optimizer, canonical_json(s.hparams)): s for s in specs}
     for spec in settings.values():
@@ -141,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
 
     specs = plan(args)
     if args.dry_run:
+        from geoptim.bench.suites import plan_text
+
+        print(plan_text(specs, make_task, args.workers or default_workers()))
         for spec in specs:
             print(f"{spec.run_id}  {describe(spec)}  {spec.hparams}  {spec.budget}")
         print(f"{len(specs)} runs")

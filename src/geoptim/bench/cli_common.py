@@ -172,8 +172,9 @@ def check_optimizers(names: Iterable[str], need_preset: bool = True) -> None:
     """Every name is registered (and, for the benchmark, has a preset)."""
     from geoptim import list_optimizers
     from geoptim.bench.presets import DEFAULT_PRESETS
+    from geoptim.bench.training import BENCH_OPTIMIZERS
 
-    known = list_optimizers()
+    known = [*list_optimizers(), *BENCH_OPTIMIZERS]
     for name in names:
         if name not in known:
             raise ConfigError(f"unknown optimizer {name!r}; known optimizers: {', '.join(known)}")

@@ -76,10 +76,12 @@ class RunSpec:
     suite: str = ""
     preset: str = "paper"
     kind: str = "train"
+    preset_provenance: dict[str, Any] = field(default_factory=dict)
 
     def config(self) -> dict[str, Any]:
-        """The part of the spec that determines the result (hashed into the run id)."""
-        return {
+        """The part of the spec that determines the result, and how its hyper-parameters were
+        chosen (hashed into the run id: a preset chosen another way is another run)."""
+        config = {
             "kind": self.kind,
             "task": self.task,
             "task_overrides": self.task_overrides,
@@ -88,6 +90,9 @@ class RunSpec:
             "seed": self.seed,
             "budget": self.budget,
         }
+        if self.preset_provenance:
+            config["preset_provenance"] = self.preset_provenance
+        return config
 
     @property
     def run_id(self) -> str:

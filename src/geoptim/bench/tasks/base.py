@@ -17,6 +17,11 @@ keywords; ``budget`` is ``{"epochs": E}`` or ``{"steps": S, "eval_every": k}`` (
 
 :class:`TrainableTask` adds ``make_model(seed)``, ``make_data(seed)`` (a :class:`TaskData`) and
 ``loss_fn``, and runs the shared loop :func:`geoptim.bench.training.train`.
+
+Provenance and cost: ``data_hash()`` is a hash of the task's generated data and splits (every
+record carries it as ``extra["data_hash"]``); ``estimated_seconds(budget)`` is the single-thread
+CPU time a run of ``budget`` takes, from the per-step and per-checkpoint costs
+(``STEP_SECONDS``, ``EVAL_SECONDS``) measured for the task's default options.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-SUITES = ("quick", "full")
+SUITES = ("quick", "standard", "full")
 
 
 class TaskData(Protocol):
@@ -48,6 +53,8 @@ class TaskData(Protocol):
 
     def hessian_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
+    def data_hash(self) -> str: ...
+
 
 @dataclasses.dataclass
 class Task:
@@ -55,14 +62,40 @@ class Task:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    STEP_SECONDS: ClassVar[float] = 0.0
+    """Measured seconds per optimizer step (single thread, default options, CPU). The values
+    were taken on the shared 2-core development machine: steps at load ~1, evaluations at load
+    ~15 and divided by the slow-down the step time showed then (5.6x); treat them as +-50%."""
+    EVAL_SECONDS: ClassVar[float] = 0.0
+    """Measured seconds per checkpoint evaluation (same conditions)."""
+    TUNING_METRIC: ClassVar[str] = "val_acc"
+    """What ``geoptim tune`` maximises (a validation metric; see :mod:`geoptim.bench.tune`)."""
 
     def default_budget(self, suite: str) -> dict[str, Any]:
-        """The budget for ``suite`` (``"quick"`` or ``"full"``)."""
+        """The budget for ``suite`` (``"quick"``, ``"standard"`` or ``"full"``); a task without a
+        ``"standard"`` budget runs its quick one there."""
         check_suite(suite)
-        return dict(self._budgets()[suite])
+        budgets = self._budgets()
+        return dict(budgets.get(suite) or budgets["quick"])
 
     def _budgets(self) -> dict[str, dict[str, Any]]:
         raise NotImplementedError
+
+    def data_hash(self) -> str:
+        """A hash of the data the task trains and evaluates on (all splits)."""
+        raise NotImplementedError
+
+    def budget_steps(self, budget: dict[str, Any]) -> tuple[int, int]:
+        """``(optimizer steps, checkpoints after step 0)`` of ``budget``."""
+        steps = int(budget["steps"])
+        return steps, steps
+
+    def estimated_seconds(self, budget: dict[str, Any], optimizer: str | None = None) -> float:
+        """The estimated single-thread CPU time of one run of ``budget`` (twice that for
+        ``"sgdm_rms"``, which replays its paired LPSGDM run first)."""
+        steps, checkpoints = self.budget_steps(budget)
+        runs = 2 if optimizer == "sgdm_rms" else 1
+        return runs * (steps * self.STEP_SECONDS + (checkpoints + 1) * self.EVAL_SECONDS)
 
     def run(
         self,
@@ -92,7 +125,23 @@ class TrainableTask(Task):
         raise NotImplementedError
 
     def make_data(self, seed: int) -> TaskData:
+        """The task's data; the splits are fixed, ``seed`` only sets the order of the batches."""
         raise NotImplementedError
+
+    def data_hash(self) -> str:
+        """The hash of ``make_data(0)`` (computed once per task object; a run stores it too)."""
+        if "_data_hash" not in self.__dict__:
+            self.__dict__["_data_hash"] = self.make_data(0).data_hash()
+        return self.__dict__["_data_hash"]
+
+    def budget_steps(self, budget: dict[str, Any]) -> tuple[int, int]:
+        from geoptim.bench.training import budget_steps
+
+        steps_per_epoch = self.make_data(0).steps_per_epoch
+        if budget.get("batches_per_epoch"):
+            steps_per_epoch = min(steps_per_epoch, int(budget["batches_per_epoch"]))
+        steps, eval_every = budget_steps(budget, steps_per_epoch)
+        return steps, -(-steps // eval_every)
 
     def loss_fn(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy (negative log-likelihood of the softmax)."""

@@ -20,8 +20,9 @@ GD needs 4 while sign-like steps oscillate around the minimum unless the lr is s
 ``run`` records the loss and the trajectory at every step, and ``extra``:
 ``trajectory`` (``[[x, y], ...]`` from ``w0``), ``steps_to_target`` (first step with
 ``L <= target_loss``, 0 if ``w0`` already is; ``None`` if never), ``target_loss``
-(``target_frac * L(w0)``), ``problem``, ``diverged``. The budget ``{"steps": n}`` may also name
-the ``problem``, overriding the task option.
+(``target_frac * L(w0)``), ``problem``, ``diverged`` and ``data_hash`` (of ``A`` and ``w0``).
+The budget ``{"steps": n}`` may also name the ``problem``, overriding the task option. There is no
+data, hence no validation or test split: tuning reads the training loss.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from geoptim.bench.data import tensors_hash
 from geoptim.bench.tasks.base import Task, check_choice, option
 from geoptim.bench.training import call_hooks, setup_optimizer
 
@@ -54,6 +56,9 @@ class QuadraticTask(Task):
         "trajectory and steps to reach a target loss (GD vs signGD vs l_p)"
     )
 
+    TUNING_METRIC: ClassVar[str] = "-train_loss"
+    STEP_SECONDS: ClassVar[float] = 2e-4
+
     problem: str = option("strong", choices=tuple(PROBLEMS))
     w0: tuple[float, float] = (0.5, 2.0)
     target_frac: float = option(1e-3, gt=0)
@@ -63,6 +68,10 @@ class QuadraticTask(Task):
 
     def _budgets(self) -> dict[str, dict[str, Any]]:
         return {"quick": {"steps": 200}, "full": {"steps": 2000}}
+
+    def data_hash(self, problem: str | None = None) -> str:
+        eigenvalues = torch.tensor(PROBLEMS[problem or self.problem], dtype=torch.float64)
+        return tensors_hash({"A": eigenvalues, "w0": torch.tensor(self.w0, dtype=torch.float64)})
 
     def run(
         self,
@@ -129,5 +138,6 @@ class QuadraticTask(Task):
                 "target_loss": target,
                 "problem": problem,
                 "diverged": diverged,
+                "data_hash": self.data_hash(problem),
             },
         }
