@@ -168,39 +168,6 @@ def test_sigkill_part_way_then_rerun_completes_without_redoing_runs(tmp_path):
     assert not killed_done & set(second)
 
 
-def test_quick_suite_covers_every_claim_with_three_seeds():
-    from geoptim.bench.cli_common import make_task
-    from geoptim.bench.presets import Presets
-    from geoptim.bench.suites import build_specs, select
-
-    todo = build_specs(select("quick"), Presets(), "quick", make_task)
-    assert len({s.run_id for s in todo}) == len(todo)
-    seeds: dict[tuple[str, str], set[int]] = {}
-    for s in todo:
-        seeds.setdefault((s.task_label, s.label), set()).add(s.seed)
-    for task, label in [
-        ("digits", "sgdm"),
-        ("digits", "lpsgdm"),
-        ("mnist1d", "sgdm"),
-        ("mnist1d", "lpsgdm"),
-        ("grokking", "adamw"),
-        ("grokking", "lion"),
-        ("grokking", "sepnorm"),
-        ("grokking", "ortsepnorm"),
-        ("digits", "adamw_agr"),
-        ("digits", "adan_agr"),
-        ("digits", "adan"),
-    ]:
-        assert seeds[(task, label)] == {0, 1, 2}, (task, label)
-    late = [s for s in todo if "agr_until" in s.variant]
-    assert late and all(0 < s.hparams["agr_until"] < 132 for s in late)  # digits: 6 x 22 steps
-    p_max = {s.hparams["p_max"] for s in todo if s.task == "digits" and s.optimizer == "lpsgdm"}
-    assert len(p_max) >= 4
-
-
-# --- records checked when read, suites, concurrent writers ------------------------------------
-
-
 def test_an_edited_record_is_warned_about_and_rerun(fake, tmp_path, capsys):
     out = tmp_path / "out"
     todo = specs(1)
