@@ -29,13 +29,23 @@ from geoptim._base import (
     GeoOptimizer,
     ParamsT,
     check_betas,
+    check_lr,
     check_nonnegative,
     working_copies,
     write_back,
 )
 from geoptim._stats import layout_of, per_tensor_sums, sharded
 
-__all__ = ["Adan", "adan_fused", "adan_multi", "adan_single"]
+__all__ = ["Adan", "adan_fused", "adan_multi", "adan_single", "step_sizes"]
+
+
+def step_sizes(lr: float | Tensor, beta: float, steps: list[float], scale: float = 1.0) -> Tensor:
+    """``-lr * scale / (1 - beta**t)`` per tensor, in float64 (a tensor ``lr`` stays a tensor:
+    a compiled step does not recompile when it changes)."""
+    corrections = torch.tensor([1.0 - beta**s for s in steps], dtype=torch.float64)
+    if isinstance(lr, Tensor):
+        lr = lr.to(torch.float64)
+    return lr * -scale / corrections
 
 
 def adan_single(
@@ -58,6 +68,7 @@ def adan_single(
 ) -> None:
     """Reference kernel, one tensor at a time. ``prev_grads`` hold the previous (clipped)
     gradient and are overwritten with the current one."""
+    sizes_m, sizes_d = step_sizes(lr, beta1, steps), step_sizes(lr, beta2, steps, beta2)
     for i, param in enumerate(params):
         w, g, m, d, n, g_prev = working_copies(
             [param, grads[i], exp_avgs[i], exp_avg_diffs[i], exp_avg_sqs[i], prev_grads[i]]
@@ -72,8 +83,8 @@ def adan_single(
         denom = n.sqrt().div_((1.0 - beta3**step) ** 0.5).add_(eps)
         if no_prox and weight_decay != 0:
             w.mul_(1.0 - lr * weight_decay)
-        w.addcdiv_(m, denom, value=-lr / (1.0 - beta1**step))
-        w.addcdiv_(d, denom, value=-lr * beta2 / (1.0 - beta2**step))
+        w.addcdiv_(m, denom, value=sizes_m[i])
+        w.addcdiv_(d, denom, value=sizes_d[i])
         if not no_prox and weight_decay != 0:
             w.div_(1.0 + lr * weight_decay)
         g_prev.copy_(g)
@@ -118,8 +129,8 @@ def adan_multi(
     torch._foreach_add_(denom, eps)
     if no_prox and weight_decay != 0:
         torch._foreach_mul_(w, 1.0 - lr * weight_decay)
-    torch._foreach_addcdiv_(w, m, denom, [-lr / (1.0 - beta1**s) for s in steps])
-    torch._foreach_addcdiv_(w, d, denom, [-lr * beta2 / (1.0 - beta2**s) for s in steps])
+    torch._foreach_addcdiv_(w, m, denom, step_sizes(lr, beta1, steps))
+    torch._foreach_addcdiv_(w, d, denom, step_sizes(lr, beta2, steps, beta2))
     if not no_prox and weight_decay != 0:
         torch._foreach_div_(w, 1.0 + lr * weight_decay)
     torch._foreach_copy_(g_prev, g)
@@ -129,6 +140,7 @@ def adan_multi(
         write_back(targets, work)
 
 
+@torch.compiler.disable
 def adan_fused(
     params: list[Tensor],
     grads: list[Tensor],
@@ -157,14 +169,15 @@ def adan_fused(
         adan_multi(*(_compiled.pick(c, rest) for c in (*columns, steps)), **kwargs)
     if not fused:
         return
+    lr = float(lr)
     decay = 1.0 - lr * weight_decay if no_prox and weight_decay != 0 else 1.0
     prox = 1.0 + lr * weight_decay if not no_prox and weight_decay != 0 else 1.0
     scalars = (1.0 - beta1, 1.0 - beta2, beta2, beta3, 1.0 - beta3, eps, decay, prox, float(clip))
     fused_steps = _compiled.pick(steps, fused)
     per_tensor = [
         [(1.0 - beta3**s) ** 0.5 for s in fused_steps],
-        [-lr / (1.0 - beta1**s) for s in fused_steps],
-        [-lr * beta2 / (1.0 - beta2**s) for s in fused_steps],
+        step_sizes(lr, beta1, fused_steps).tolist(),
+        step_sizes(lr, beta2, fused_steps, beta2).tolist(),
     ]
     lists = [_compiled.pick(c, fused) for c in columns]
     _compiled.launch_by_dtype("adan", lists, scalars, per_tensor, written=(0, 2, 3, 4, 5))
@@ -203,19 +216,24 @@ class Adan(GeoOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        differentiable: bool = False,
     ) -> None:
         defaults = {
-            "lr": check_nonnegative("lr", lr),
+            "lr": check_lr(lr),
             "betas": check_betas(betas, 3),
             "eps": check_nonnegative("eps", eps),
             "weight_decay": check_nonnegative("weight_decay", weight_decay),
             "no_prox": bool(no_prox),
             "max_grad_norm": check_nonnegative("max_grad_norm", max_grad_norm),
-            "maximize": maximize,
-            "foreach": foreach,
-            "fused": _compiled.check_fused(fused, foreach),
         }
-        super().__init__(params, defaults)
+        super().__init__(
+            params,
+            defaults,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            differentiable=differentiable,
+        )
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         for key in ("exp_avg", "exp_avg_diff", "exp_avg_sq", "prev_grad"):
@@ -237,8 +255,7 @@ class Adan(GeoOptimizer):
         return torch.clamp(max_norm / (total + eps), max=1.0)
 
     def _step_groups(self, clip: Tensor | float | None = None) -> None:
-        self._clip = self.clip_coefficient() if clip is None else clip
-        super()._step_groups()
+        super()._step_groups(clip=self.clip_coefficient() if clip is None else clip)
 
     def _update(
         self,
@@ -246,8 +263,8 @@ class Adan(GeoOptimizer):
         params: list[Tensor],
         grads: list[Tensor],
         states: list[dict[str, Any]],
+        clip: Tensor | float = 1.0,
     ) -> None:
-        clip = self._clip
         for grad, state in zip(grads, states):
             if state["step"] == 1:  # g_prev starts as g, so the first difference is 0
                 state["prev_grad"].copy_(grad * clip)

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from geoptim import _compiled
-from geoptim._base import working_copies
+from geoptim._base import as_real, working_copies
 from geoptim._stats import layout_of, like, local, per_tensor_sums, sharded
 from geoptim.adan import Adan
 
@@ -85,6 +85,15 @@ def agr_multi(
     return [p.to(orig.dtype) for p, orig in zip(out, grads)]
 
 
+def as_complex_like(reference: Tensor, real: Tensor) -> Tensor:
+    """``real`` (a ``view_as_real`` layout) as a complex tensor when ``reference`` is complex."""
+    if not reference.is_complex():
+        return real
+    if real.storage_offset() % 2:  # a view into a shared workspace at an odd offset
+        real = real.clone()
+    return torch.view_as_complex(real)
+
+
 @cache
 def with_agr(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
     """A subclass of ``optimizer_cls`` that applies AGR to the gradients before each step.
@@ -105,6 +114,22 @@ def with_agr(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
                 group.setdefault("agr_until", agr_until)
                 group.setdefault("agr_step", 0)
 
+        def add_param_group(self, param_group: dict[str, Any]) -> None:
+            super().add_param_group(param_group)
+            if self.param_groups[-1].get("differentiable"):
+                raise ValueError(
+                    f"{type(self).__name__} does not support differentiable=True: AGR "
+                    "transforms the gradients under torch.no_grad()"
+                )
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            """Back-fill ``agr_until`` (the constructor's) and ``agr_step`` (0) in groups of
+            state dicts saved without them, e.g. by the base optimizer."""
+            super().__setstate__(state)
+            for group in self.param_groups:
+                group.setdefault("agr_until", self.defaults.get("agr_until"))
+                group.setdefault("agr_step", 0)
+
         @contextmanager
         def _agr_gradients(self) -> Iterator[None]:
             """Swap every ``p.grad`` for ``Psi(p.grad)`` (in groups where AGR is on) and
@@ -122,9 +147,9 @@ def with_agr(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
                 grads = [p.grad for p in params]
                 if any(g.is_sparse for g in grads):
                     raise RuntimeError("AGR does not support sparse gradients")
-                shards = [local(g) for g in grads]
+                shards = [as_real(local(g)) for g in grads]
                 layouts = [layout_of(p) for p in params]
-                if group.get("foreach") is False:
+                if group.get("foreach") is False and not group.get("fused"):
                     transformed = []
                     for shard, layout in zip(shards, layouts):
                         with sharded([layout]):
@@ -136,7 +161,7 @@ def with_agr(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
                         transformed = agr_multi(shards, owner=params[0])
                 for param, grad, psi in zip(params, grads, transformed):
                     originals.append((param, grad))
-                    param.grad = like(grad, psi)
+                    param.grad = like(grad, as_complex_like(grad, psi))
             try:
                 yield
             finally:

@@ -35,6 +35,7 @@ from geoptim import _compiled
 from geoptim._base import (
     GeoOptimizer,
     ParamsT,
+    check_lr,
     check_nonnegative,
     check_unit_interval,
     working_copies,
@@ -132,6 +133,7 @@ def lpsgdm_multi(
     write_back(params, w)
 
 
+@torch.compiler.disable
 def lpsgdm_fused(
     params: list[Tensor],
     grads: list[Tensor],
@@ -198,23 +200,28 @@ class LPSGDM(GeoOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        differentiable: bool = False,
     ) -> None:
         if dampening is not None:
             dampening = check_nonnegative("dampening", dampening)
             if dampening > 1:
                 raise ValueError(f"dampening must be in [0, 1], got {dampening!r}")
         defaults = {
-            "lr": check_nonnegative("lr", lr),
+            "lr": check_lr(lr),
             "momentum": check_unit_interval("momentum", momentum),
             "dampening": dampening,
             "p": check_p("p", p),
             "weight_decay": check_nonnegative("weight_decay", weight_decay),
             "eps": check_nonnegative("eps", eps),
-            "maximize": maximize,
-            "foreach": foreach,
-            "fused": _compiled.check_fused(fused, foreach),
         }
-        super().__init__(params, defaults)
+        super().__init__(
+            params,
+            defaults,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            differentiable=differentiable,
+        )
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         if self._has_momentum:
@@ -263,6 +270,7 @@ class LPSGD(LPSGDM):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        differentiable: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -275,6 +283,7 @@ class LPSGD(LPSGDM):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            differentiable=differentiable,
         )
 
 
