@@ -140,7 +140,7 @@ def adan_multi(
         write_back(targets, work)
 
 
-@torch.compiler.disable
+@torch.compiler.disable  # opaque to torch.compile: the C kernels run eagerly
 def adan_fused(
     params: list[Tensor],
     grads: list[Tensor],

@@ -46,6 +46,7 @@ def agr(grad: Tensor) -> Tensor:
     return g.abs().div_(-total).add_(1.0).mul_(g).to(grad.dtype)
 
 
+@torch.compiler.disable  # opaque to torch.compile: the C kernel and the sums run eagerly
 def agr_multi(
     grads: list[Tensor], *, fused: bool | None = None, owner: Tensor | None = None
 ) -> list[Tensor]:

@@ -133,7 +133,7 @@ def lpsgdm_multi(
     write_back(params, w)
 
 
-@torch.compiler.disable
+@torch.compiler.disable  # opaque to torch.compile: the C kernels run eagerly
 def lpsgdm_fused(
     params: list[Tensor],
     grads: list[Tensor],
