@@ -28,6 +28,7 @@ from geoptim import _compiled
 from geoptim._base import (
     GeoOptimizer,
     ParamsT,
+    as_real,
     check_betas,
     check_lr,
     check_nonnegative,
@@ -251,7 +252,7 @@ class Adan(GeoOptimizer):
         if not params:
             return 1.0
         with sharded([layout_of(p) for p in params]):  # global over shards; FSDP1 raises
-            total = per_tensor_sums("sumsq", [p.grad for p in params]).sum().sqrt()
+            total = per_tensor_sums("sumsq", [as_real(p.grad) for p in params]).sum().sqrt()
         return torch.clamp(max_norm / (total + eps), max=1.0)
 
     def _step_groups(self, clip: Tensor | float | None = None) -> None:
