@@ -130,8 +130,8 @@ def adan_multi(
     torch._foreach_add_(denom, eps)
     if no_prox and weight_decay != 0:
         torch._foreach_mul_(w, 1.0 - lr * weight_decay)
-    torch._foreach_addcdiv_(w, m, denom, step_sizes(lr, beta1, steps))
-    torch._foreach_addcdiv_(w, d, denom, step_sizes(lr, beta2, steps, beta2))
+    torch._foreach_addcdiv_(w, m, denom, step_sizes(lr, beta1, steps).tolist())
+    torch._foreach_addcdiv_(w, d, denom, step_sizes(lr, beta2, steps, beta2).tolist())
     if not no_prox and weight_decay != 0:
         torch._foreach_div_(w, 1.0 + lr * weight_decay)
     torch._foreach_copy_(g_prev, g)

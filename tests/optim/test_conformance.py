@@ -436,7 +436,7 @@ def _model_params(dtype):
     ).to(dtype)
     empty = torch.zeros((), dtype=dtype, requires_grad=True)  # a 0-dim parameter last
     empty.grad = torch.rand_like(empty)
-    return model, list(model.parameters()) + [empty]
+    return model, [*model.parameters(), empty]
 
 
 def _derived_matches_forloop(info, flag, dtype, tol):
