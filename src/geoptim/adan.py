@@ -66,9 +66,12 @@ def adan_single(
     weight_decay: float,
     no_prox: bool,
     clip: Tensor | float,
+    first_moment_grads: list[Tensor] | None = None,
 ) -> None:
     """Reference kernel, one tensor at a time. ``prev_grads`` hold the previous (clipped)
-    gradient and are overwritten with the current one."""
+    gradient and are overwritten with the current one. ``first_moment_grads`` (AGR's
+    first-moment variant): what ``m`` averages instead of ``g`` (clipped alike); ``d``, ``n``
+    and ``prev_grads`` still see ``g``."""
     sizes_m, sizes_d = step_sizes(lr, beta1, steps), step_sizes(lr, beta2, steps, beta2)
     for i, param in enumerate(params):
         w, g, m, d, n, g_prev = working_copies(
@@ -77,7 +80,10 @@ def adan_single(
         step = steps[i]
         g = g * clip
         diff = g - g_prev
-        m.lerp_(g, 1.0 - beta1)
+        if first_moment_grads is None:
+            m.lerp_(g, 1.0 - beta1)
+        else:
+            m.lerp_(working_copies([first_moment_grads[i]])[0] * clip, 1.0 - beta1)
         d.lerp_(diff, 1.0 - beta2)
         mixed = diff.mul_(beta2).add_(g)
         n.mul_(beta3).addcmul_(mixed, mixed, value=1.0 - beta3)
@@ -112,6 +118,7 @@ def adan_multi(
     weight_decay: float,
     no_prox: bool,
     clip: Tensor | float,
+    first_moment_grads: list[Tensor] | None = None,
 ) -> None:
     """Multi-tensor kernel: the arithmetic of :func:`adan_single` with foreach ops."""
     w, m, d, n, g_prev = (
@@ -119,7 +126,11 @@ def adan_multi(
     )
     g = torch._foreach_mul(working_copies(grads), clip)
     diff = torch._foreach_sub(g, g_prev)
-    torch._foreach_lerp_(m, g, 1.0 - beta1)
+    if first_moment_grads is None:
+        torch._foreach_lerp_(m, g, 1.0 - beta1)
+    else:
+        first = torch._foreach_mul(working_copies(first_moment_grads), clip)
+        torch._foreach_lerp_(m, first, 1.0 - beta1)
     torch._foreach_lerp_(d, diff, 1.0 - beta2)
     torch._foreach_mul_(diff, beta2)
     torch._foreach_add_(diff, g)
@@ -265,6 +276,7 @@ class Adan(GeoOptimizer):
         grads: list[Tensor],
         states: list[dict[str, Any]],
         clip: Tensor | float = 1.0,
+        first_moment_grads: list[Tensor] | None = None,
     ) -> None:
         for grad, state in zip(grads, states):
             if state["step"] == 1:  # g_prev starts as g, so the first difference is 0
@@ -272,6 +284,10 @@ class Adan(GeoOptimizer):
         beta1, beta2, beta3 = group["betas"]
         mode = _compiled.kernel_mode(group)
         kernel = {"fused": adan_fused, "multi": adan_multi, "single": adan_single}[mode]
+        extra = {}
+        if first_moment_grads is not None:  # no fused kernel for two gradients
+            kernel = adan_single if mode == "single" else adan_multi
+            extra = {"first_moment_grads": first_moment_grads}
         kernel(
             params,
             grads,
@@ -288,4 +304,5 @@ class Adan(GeoOptimizer):
             weight_decay=group["weight_decay"],
             no_prox=group["no_prox"],
             clip=clip,
+            **extra,
         )

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from geoptim import _compiled
-from geoptim._base import as_real, working_copies
+from geoptim._base import as_real, check_choice, working_copies
 from geoptim._stats import layout_of, like, local, per_tensor_sums, sharded
 from geoptim.adan import Adan
 
@@ -86,6 +86,11 @@ def agr_multi(
     return [p.to(orig.dtype) for p, orig in zip(out, grads)]
 
 
+def agr_active(group: dict[str, Any]) -> bool:
+    """Whether AGR applies at the group's current ``agr_step`` (``agr_until`` not passed)."""
+    return group["agr_until"] is None or group["agr_step"] <= group["agr_until"]
+
+
 def as_complex_like(reference: Tensor, real: Tensor) -> Tensor:
     """``real`` (a ``view_as_real`` layout) as a complex tensor when ``reference`` is complex."""
     if not reference.is_complex():
@@ -139,8 +144,7 @@ def with_agr(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
             originals: list[tuple[Tensor, Tensor]] = []
             for group in self.param_groups:
                 group["agr_step"] += 1
-                until = group["agr_until"]
-                if until is not None and group["agr_step"] > until:
+                if not agr_active(group) or group.get("moments", "both") == "first":
                     continue
                 params = [p for p in group["params"] if p.grad is not None]
                 if not params:  # e.g. a ZeroRedundancyOptimizer rank's share of a group
@@ -202,12 +206,48 @@ AdamWAGR = with_agr(torch.optim.AdamW)
 AdamWAGR.__module__ = __name__
 
 
+MOMENTS = ("both", "first")
+
+
 class AdanAGR(with_agr(Adan)):  # type: ignore[misc]
     """Adan with AGR in front; the gradient-norm clip factor (``max_grad_norm``) is computed
-    from the raw gradients and applied to ``Psi(g)``, as in the AGR paper's code."""
+    from the raw gradients and applied to ``Psi(g)``, as in the AGR paper's code.
+
+    ``moments="both"`` (default, the official code): every moment sees ``Psi(g)``.
+    ``moments="first"`` (the AGR paper's prose): only the first moment ``m`` averages
+    ``Psi(g)``; ``d``, ``n`` and the previous gradient see the clipped raw ``g``. That variant
+    needs two gradients per element, so it takes the multi-tensor (or, with ``foreach=False``,
+    the single-tensor) kernel, never the fused one.
+    """
+
+    def __init__(self, params: Any, *args: Any, moments: str = "both", **kwargs: Any) -> None:
+        check_choice("moments", moments, MOMENTS)
+        super().__init__(params, *args, **kwargs)
+        self.defaults["moments"] = moments
+        for group in self.param_groups:
+            group.setdefault("moments", moments)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("moments", "both")
 
     def _before_agr(self) -> Any:
         return self.clip_coefficient()
 
     def _inner_step(self, raw: Any) -> None:
         self._step_groups(clip=raw)
+
+    def _update(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+        clip: Tensor | float = 1.0,
+    ) -> None:
+        first = None
+        if group["moments"] == "first" and agr_active(group):
+            single = _compiled.kernel_mode(group) == "single"
+            first = [agr(g) for g in grads] if single else agr_multi(grads)
+        super()._update(group, params, grads, states, clip=clip, first_moment_grads=first)
