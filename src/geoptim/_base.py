@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from geoptim._stats import Layout, is_dtensor, layout_of, local, sharded
+from geoptim._stats import is_dtensor, layout_of, local, parameter_labels, sharded
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -116,15 +116,14 @@ class GeoOptimizer(Optimizer):
     # -- shared
     def _collect(
         self, group: dict[str, Any]
-    ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]], list[Layout]]:
-        """The group's parameters that have a gradient, their gradients, their states and their
-        layouts (:func:`geoptim._stats.layout_of`).
+    ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
+        """The group's parameters that have a gradient, their gradients and their states.
 
         For DTensor parameters (FSDP2), state is created like the parameter (so distributed
         checkpointing sees DTensors), and the lists hold this rank's local shards: the kernels
         update them in place, and :mod:`geoptim._stats` reduces their statistics across ranks.
         """
-        params, grads, states, layouts = [], [], [], []
+        params, grads, states = [], [], []
         for param in group["params"]:
             if param.grad is None:
                 continue
@@ -138,25 +137,34 @@ class GeoOptimizer(Optimizer):
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
                 self._init_state(param, state, group)
             state["step"] += 1
-            layouts.append(layout_of(param))
             grad = param.grad
             if is_dtensor(param):
                 param, grad, state = param.to_local(), grad.to_local(), local_state(state)
             params.append(param)
             grads.append(-grad if group["maximize"] else grad)
             states.append(state)
-        return params, grads, states, layouts
+        return params, grads, states
 
     def _step_groups(self) -> None:
-        for group in self.param_groups:
-            params, grads, states, layouts = self._collect(group)
-            if not params:
-                continue
+        for index, group in enumerate(self.param_groups):
+            params, grads, states = self._collect(group)
+            layouts = [layout_of(p) for p in group["params"]]
+            present = labels = None
             if any(layouts):
                 # Sharded tensors take the multi-tensor path: every rank must reduce the same
-                # statistics, and the fused kernels pick tensors by their (local) size.
+                # statistics, and the fused kernels pick tensors by their (local) size. A rank
+                # without gradients still takes part in the reductions (other ranks may have
+                # some): the single-tensor kernels take empty lists and reduce what the others do.
+                if not any(p.requires_grad for p in group["params"]):
+                    continue
                 group = {**group, "fused": False}
-            with sharded(layouts):
+                if not params:
+                    group["foreach"] = False
+                present = [p.grad is not None for p in group["params"]]
+                labels = parameter_labels(group, f"param group {index}, ")
+            elif not params:
+                continue
+            with sharded(layouts, present, labels):
                 self._update(group, params, grads, states)
 
     @torch.no_grad()

@@ -33,7 +33,7 @@ from geoptim._base import (
     working_copies,
     write_back,
 )
-from geoptim._stats import layout_of, per_tensor_sums, sharded
+from geoptim._stats import layout_of, parameter_labels, per_tensor_sums, sharded
 
 __all__ = ["Adan", "adan_fused", "adan_multi", "adan_single"]
 
@@ -229,11 +229,22 @@ class Adan(GeoOptimizer):
             max_norm, eps = self.param_groups[0]["max_grad_norm"], self.param_groups[0]["eps"]
         if max_norm == 0:
             return 1.0
-        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
-        if not params:
+        params = [p for group in self.param_groups for p in group["params"]]
+        grads = [p.grad for p in params if p.grad is not None]
+        layouts = [layout_of(p) for p in params]
+        if not any(layouts) and not grads:
             return 1.0
-        with sharded([layout_of(p) for p in params]):  # global over shards; FSDP1 raises
-            total = per_tensor_sums("sumsq", [p.grad for p in params]).sum().sqrt()
+        present = [p.grad is not None for p in params]
+        labels = None
+        if any(layouts):
+            labels = [
+                label
+                for index, group in enumerate(self.param_groups)
+                for label in parameter_labels(group, f"param group {index}, ")
+            ]
+        # Global over shards, every rank taking part whatever its gradients; FSDP1 raises.
+        with sharded(layouts, present, labels):
+            total = per_tensor_sums("sumsq", grads).sum().sqrt()
         return torch.clamp(max_norm / (total + eps), max=1.0)
 
     def _step_groups(self, clip: Tensor | float | None = None) -> None:

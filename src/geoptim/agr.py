@@ -30,7 +30,7 @@ from torch.optim import Optimizer
 
 from geoptim import _compiled
 from geoptim._base import working_copies
-from geoptim._stats import layout_of, like, local, per_tensor_sums, sharded
+from geoptim._stats import layout_of, like, local, parameter_labels, per_tensor_sums, sharded
 from geoptim.adan import Adan
 
 __all__ = ["AdamWAGR", "AdanAGR", "agr", "agr_multi", "with_agr"]
@@ -111,29 +111,38 @@ def with_agr(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
             restore the user's gradients afterwards. Sharded (DTensor) gradients are
             transformed shard by shard, with their sums taken over the whole tensor."""
             originals: list[tuple[Tensor, Tensor]] = []
-            for group in self.param_groups:
+            for index, group in enumerate(self.param_groups):
                 group["agr_step"] += 1
                 until = group["agr_until"]
                 if until is not None and group["agr_step"] > until:
                     continue
                 params = [p for p in group["params"] if p.grad is not None]
-                if not params:  # e.g. a ZeroRedundancyOptimizer rank's share of a group
+                layouts = [layout_of(p) for p in group["params"]]
+                # Nothing to transform here (e.g. a ZeroRedundancyOptimizer rank's share of the
+                # group) and, unless sharded and trainable, nothing to reduce with other ranks.
+                trainable = any(p.requires_grad for p in group["params"])
+                if not params and not (any(layouts) and trainable):
                     continue
                 grads = [p.grad for p in params]
                 if any(g.is_sparse for g in grads):
                     raise RuntimeError("AGR does not support sparse gradients")
                 shards = [local(g) for g in grads]
-                layouts = [layout_of(p) for p in params]
-                if group.get("foreach") is False:
-                    transformed = []
-                    for shard, layout in zip(shards, layouts):
-                        with sharded([layout]):
-                            transformed.append(agr(shard))
+                if group.get("foreach") is False and not any(layouts):
+                    transformed = [agr(shard) for shard in shards]
                 else:
+                    # Sharded gradients: one reduction for the whole group, which every rank
+                    # takes part in whatever its gradients (:func:`geoptim._stats.sharded`).
                     # Psi(g) lives in a buffer kept for the group's first parameter: a fresh
                     # gradient-sized tensor every step costs more than the transform itself.
-                    with sharded(layouts):
-                        transformed = agr_multi(shards, owner=params[0])
+                    present = [p.grad is not None for p in group["params"]]
+                    labels = (
+                        parameter_labels(group, f"param group {index}, ") if any(layouts) else None
+                    )
+                    fused = False if group.get("foreach") is False else None
+                    with sharded(layouts, present, labels):
+                        transformed = agr_multi(
+                            shards, fused=fused, owner=params[0] if params else None
+                        )
                 for param, grad, psi in zip(params, grads, transformed):
                     originals.append((param, grad))
                     param.grad = like(grad, psi)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from geoptim import create_optimizer
 from geoptim.bench.data import TensorData
 from geoptim.bench.tasks.base import TrainableTask
 from geoptim.bench.training import (
@@ -271,13 +272,13 @@ def test_agr_relative_change_known_answers() -> None:
     it and the relative change is exactly 1. A tensor whose gradient entries have equal
     magnitudes: AGR scales the gradient by 1 - 1/n, which Adam's first step cannot see (0)."""
     scalar = nn.Parameter(torch.tensor([0.5]))
-    optimizer = __import__("geoptim").create_optimizer([scalar], "adamw_agr", lr=0.1)
+    optimizer = create_optimizer([scalar], "adamw_agr", lr=0.1, weight_decay=0.0)
     scalar.grad = torch.tensor([2.0])
     assert step_measuring_agr(optimizer) == 1.0
     assert scalar.item() == 0.5 and optimizer.param_groups[0]["agr_step"] == 1
 
     vector = nn.Parameter(torch.zeros(4))
-    optimizer = __import__("geoptim").create_optimizer([vector], "adamw_agr", lr=0.1, eps=0.0)
+    optimizer = create_optimizer([vector], "adamw_agr", lr=0.1, eps=0.0, weight_decay=0.0)
     vector.grad = torch.tensor([1.0, -1.0, 1.0, -1.0])
     assert step_measuring_agr(optimizer) == pytest.approx(0.0, abs=1e-6)
     assert torch.allclose(vector.detach(), torch.tensor([-0.1, 0.1, -0.1, 0.1]))

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from geoptim.bench.executors import Executor
 from geoptim.bench.presets import PRESETS_SUBDIR, paper_preset, save_tuned
 from geoptim.bench.records import RunSpec, read_record, record_path
 from geoptim.bench.runner import execute
@@ -157,8 +158,10 @@ def tune(
     workers: int = 1,
     quiet: bool = False,
     space: dict[str, Sequence[Any]] | None = None,
+    executor: Executor | None = None,
 ) -> tuple[Path, list[Trial]]:
-    """Run the search and write the tuned preset; return its path and the trials, best first."""
+    """Run the search and write the tuned preset; return its path and the trials, best first.
+    The trials run on ``executor`` (default: a local pool of ``workers`` processes)."""
     base = paper_preset(task_name, optimizer, task_overrides)
     axes = space if space is not None else search_space(optimizer, base)
     points = choose(grid(optimizer, base, axes), base, budget)
@@ -182,7 +185,13 @@ def tune(
         ]
         for point in points
     }
-    execute([s for group in specs.values() for s in group], trial_dir, workers=workers, quiet=quiet)
+    execute(
+        [s for group in specs.values() for s in group],
+        trial_dir,
+        workers=workers,
+        quiet=quiet,
+        executor=executor,
+    )
     trials = [
         Trial(
             point,

@@ -1,6 +1,9 @@
 """The ``Task`` interface every benchmark task implements.
 
 A task is a dataclass whose fields are its options (``get_task(name, **overrides)`` sets them).
+Each option is declared once, as a field: its annotation is its type and :func:`option` adds its
+range or choices, e.g. ``width: int = option(16, ge=1)``; :func:`check_options` (called by
+``get_task``, so by every command before any work) checks values against the declarations.
 ``run(optimizer, hparams, seed, budget, progress, callbacks)`` trains once and returns a JSON-able
 dict::
 
@@ -24,7 +27,12 @@ CPU time a run of ``budget`` takes, from the per-step and per-checkpoint costs
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+import json
+import math
+import operator
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -162,6 +170,137 @@ class TrainableTask(Task):
         result = train(self, optimizer, hparams, seed, budget, progress, callbacks)
         result["extra"].update(self.extra(result))
         return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The values an option accepts beyond its type: ``ge <= x``, ``gt < x``, ``x <= le``,
+    ``x < lt``, ``x in choices`` (``None``: no limit)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: Sequence[Any] | None = None
+
+    def violation(self, value: Any) -> str | None:
+        """The range ``value`` breaks (``"must be >= 1"``), or ``None``; see :func:`check_choice`
+        for the choices."""
+        limits = (
+            (">=", self.ge, operator.ge),
+            (">", self.gt, operator.gt),
+            ("<=", self.le, operator.le),
+            ("<", self.lt, operator.lt),
+        )
+        broken = [
+            f"{sign} {limit}"
+            for sign, limit, holds in limits
+            if limit is not None and value is not None and not holds(value, limit)
+        ]
+        return f"must be {' and '.join(broken)}" if broken else None
+
+
+def option(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: Sequence[Any] | None = None,
+) -> Any:
+    """Declare a task option with a default and the range (or choices) it accepts; its type is
+    the field's annotation. A plain field (``name: str = "x"``) is an option checked by type
+    only."""
+    return dataclasses.field(default=default, metadata={"bounds": Bounds(ge, gt, le, lt, choices)})
+
+
+def check_options(cls: type[Task], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``overrides`` as valid values of ``cls``'s options, or ``ValueError`` naming the bad one.
+
+    Each value must have its option's type -- ``int`` (not ``bool``), ``float`` (finite; an
+    ``int`` is converted), ``str``, ``bool``, ``tuple[...]``, or ``X | None`` (other annotations
+    are not checked) -- and lie in its :class:`Bounds`. Text (a command line's ``width=16``) is
+    read by the option's type first: ``"none"`` / ``"null"`` give ``None`` where allowed, a
+    tuple is read as a JSON list.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"task {cls.name!r} has no option {', '.join(map(repr, unknown))}; "
+            f"its options: {', '.join(sorted(fields))}"
+        )
+    hints = typing.get_type_hints(cls)
+    checked = {}
+    for key, value in overrides.items():
+        bounds = fields[key].metadata.get("bounds", Bounds())
+        try:
+            checked[key] = _typed(value, hints[key])
+            problem = bounds.violation(checked[key])
+        except (TypeError, ValueError) as err:
+            problem = str(err)
+        if problem is not None:
+            raise ValueError(f"task {cls.name!r} option {key} {problem}, got {value!r}")
+        if bounds.choices is not None:
+            try:
+                check_choice(key, checked[key], bounds.choices)
+            except ValueError as err:
+                raise ValueError(f"task {cls.name!r}: {err}") from None
+    return checked
+
+
+def _typed(value: Any, kind: Any) -> Any:
+    """``value`` as an instance of the annotation ``kind`` (see :func:`check_options`)."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        if is_none and type(None) in args:
+            return None
+        inner = [arg for arg in args if arg is not type(None)]
+        return _typed(value, inner[0]) if len(inner) == 1 else value
+    if kind is str:
+        if not isinstance(value, str):
+            raise TypeError("must be a string")
+        return value
+    if kind is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise TypeError("must be true or false")
+        return value
+    if kind is int:
+        if isinstance(value, str):
+            value = _parse(int, value, "must be an integer")
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError("must be an integer")
+        return value
+    if kind is float:
+        if isinstance(value, str):
+            value = _parse(float, value, "must be a number")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise TypeError("must be a number")
+        if not math.isfinite(value):
+            raise ValueError("must be finite")
+        return float(value)
+    if typing.get_origin(kind) is tuple:
+        if isinstance(value, str):
+            value = _parse(json.loads, value, "must be a JSON list")
+        if not isinstance(value, (list, tuple)):
+            raise TypeError("must be a list")
+        if args[-1] is Ellipsis:
+            args = (args[0],) * len(value)
+        if len(value) != len(args):
+            raise ValueError(f"must have {len(args)} items")
+        return tuple(_typed(item, arg) for item, arg in zip(value, args, strict=True))
+    return value  # an annotation not listed in check_options: not checked
+
+
+def _parse(parse: Callable[[str], Any], text: str, problem: str) -> Any:
+    try:
+        return parse(text)
+    except ValueError:
+        raise ValueError(problem) from None
 
 
 def check_suite(suite: str) -> None:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from geoptim.bench.data import TensorData, augment_cifar, hold_out, load_cifar, normalize_cifar
-from geoptim.bench.tasks.base import TrainableTask, check_choice
+from geoptim.bench.tasks.base import TrainableTask, option
 from geoptim.models import ACTIVATIONS, CIFAR_MODELS
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
@@ -32,17 +32,13 @@ class CifarTask(TrainableTask):
         "CIFAR-10 from a local pickle folder, ResNet-18/50 or VGG-11, crop+flip augmentation"
     )
 
-    model: str = "resnet18"
-    activation: str = "relu"
-    batch_size: int = 128
+    model: str = option("resnet18", choices=tuple(CIFAR_MODELS))
+    activation: str = option("relu", choices=ACTIVATIONS)
+    batch_size: int = option(128, ge=1)
     data_dir: str | None = None
-    eval_train_size: int = 10000
-    n_val: int = 5000
+    eval_train_size: int = option(10000, ge=1)
+    n_val: int = option(5000, ge=0)
     device: str = "auto"
-
-    def __post_init__(self) -> None:
-        check_choice("model", self.model, tuple(CIFAR_MODELS))
-        check_choice("activation", self.activation, ACTIVATIONS)
 
     def _budgets(self) -> dict[str, dict[str, Any]]:
         return {"quick": {"epochs": 2, "batches_per_epoch": 20}, "full": {"epochs": 200}}

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from geoptim.bench.data import TensorData, load_digits_split
-from geoptim.bench.tasks.base import TrainableTask, check_choice
+from geoptim.bench.tasks.base import TrainableTask, option
 from geoptim.models import ACTIVATIONS, DigitsResNet, DigitsVGG
 
 MODELS = ("resnet", "vgg")
@@ -37,17 +37,13 @@ class DigitsTask(TrainableTask):
         "mini-batches; train NLL / test top-1 per epoch"
     )
 
-    model: str = "resnet"
-    activation: str = "relu"
-    width: int = 16
-    batch_size: int = 64
-    n_train: int | None = 300
-    label_noise: float = 0.2
-    split_seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_choice("model", self.model, MODELS)
-        check_choice("activation", self.activation, ACTIVATIONS)
+    model: str = option("resnet", choices=MODELS)
+    activation: str = option("relu", choices=ACTIVATIONS)
+    width: int = option(16, ge=1)
+    batch_size: int = option(64, ge=1)
+    n_train: int | None = option(300, ge=10)
+    label_noise: float = option(0.2, ge=0, lt=1)
+    split_seed: int = option(0, ge=0)
 
     def _budgets(self) -> dict[str, dict[str, Any]]:
         return {"quick": {"epochs": 30}, "full": {"epochs": 100}}

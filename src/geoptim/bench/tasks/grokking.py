@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from geoptim.bench.data import TensorData, modular_addition
-from geoptim.bench.tasks.base import TrainableTask, check_choice
+from geoptim.bench.tasks.base import TrainableTask, option
 from geoptim.models import GrokMLP, GrokTransformer
 
 MODELS = ("mlp", "transformer")
@@ -65,20 +65,19 @@ class GrokkingTask(TrainableTask):
     STEP_SECONDS: ClassVar[float] = 0.019  # the MLP; the transformer: ~0.27
     EVAL_SECONDS: ClassVar[float] = 0.015  # the MLP; the transformer: ~0.32
 
-    model: str = "mlp"
-    p: int = 113
-    train_frac: float | None = None  # None: 0.5 for the MLP, 0.3 for the transformer
-    split_seed: int = 0
-    val_frac: float = 0.1
-    tau: float = 0.99
-    d_embed: int = 32
-    width: int = 128
-    d_model: int = 128
-    n_heads: int = 4
-    d_mlp: int = 512
+    model: str = option("mlp", choices=MODELS)
+    p: int = option(113, ge=2)
+    train_frac: float | None = option(None, gt=0, lt=1)  # None: 0.5 MLP, 0.3 transformer
+    split_seed: int = option(0, ge=0)
+    val_frac: float = option(0.1, ge=0, lt=1)
+    tau: float = option(0.99, gt=0, le=1)
+    d_embed: int = option(32, ge=1)
+    width: int = option(128, ge=1)
+    d_model: int = option(128, ge=1)
+    n_heads: int = option(4, ge=1)
+    d_mlp: int = option(512, ge=1)
 
     def __post_init__(self) -> None:
-        check_choice("model", self.model, MODELS)
         if self.train_frac is None:
             self.train_frac = 0.5 if self.model == "mlp" else 0.3
 

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from geoptim.bench.data import TensorData, load_mnist1d
-from geoptim.bench.tasks.base import TrainableTask
+from geoptim.bench.tasks.base import TrainableTask, option
 from geoptim.models import MNIST1DCNN
 
 
@@ -31,9 +31,9 @@ class MNIST1DTask(TrainableTask):
         "mini-batches; train NLL / test top-1 per epoch"
     )
 
-    channels: int = 32
-    batch_size: int = 100
-    num_samples: int = 5000
+    channels: int = option(32, ge=1)
+    batch_size: int = option(100, ge=1)
+    num_samples: int = option(5000, ge=10)
     data_seed: int = 42
     n_val: int = 500
     eval_train_size: int = 1000

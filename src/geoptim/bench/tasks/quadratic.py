@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from geoptim.bench.data import tensors_hash
-from geoptim.bench.tasks.base import Task, check_choice
+from geoptim.bench.tasks.base import Task, check_choice, option
 from geoptim.bench.training import call_hooks, setup_optimizer
 
 PROBLEMS: dict[str, tuple[float, float]] = {"strong": (1.0, 0.01), "weak": (1.0, 0.5)}
@@ -59,12 +59,11 @@ class QuadraticTask(Task):
     TUNING_METRIC: ClassVar[str] = "-train_loss"
     STEP_SECONDS: ClassVar[float] = 2e-4
 
-    problem: str = "strong"
+    problem: str = option("strong", choices=tuple(PROBLEMS))
     w0: tuple[float, float] = (0.5, 2.0)
-    target_frac: float = 1e-3
+    target_frac: float = option(1e-3, gt=0)
 
     def __post_init__(self) -> None:
-        check_choice("problem", self.problem, tuple(PROBLEMS))
         self.w0 = (float(self.w0[0]), float(self.w0[1]))
 
     def _budgets(self) -> dict[str, dict[str, Any]]:
