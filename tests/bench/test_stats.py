@@ -138,3 +138,15 @@ def test_seeds_needed_matches_textbook_sample_sizes():
     mde10 = stats.minimum_detectable_effect(1 / math.sqrt(10), 9)  # inverts the MDE at n = 10
     assert stats.seeds_needed(1.0, mde10 * 1.0001, paired=True) == 10
     assert stats.seeds_needed(1.0, mde10 * 0.9999, paired=True) == 11
+
+
+def test_power_by_integration_equals_the_noncentral_t_and_serves_where_scipy_fails():
+    from scipy import stats as sps
+
+    crit = sps.t.ppf(0.975, 3)
+    exact = sps.nct.sf(crit, 3, 2.0) + sps.nct.cdf(-crit, 3, 2.0)
+    assert stats.power_by_integration(2.0, crit, 3) == pytest.approx(exact, rel=1e-7)
+    # df = 1 (two seeds), nc = 8: scipy's nct gives NaN; the power is finite and monotone in nc
+    powers = [stats.power_of(nc, 1.0, 1.0) for nc in (4.0, 8.0, 16.0)]
+    assert all(0 < p < 1 for p in powers) and powers == sorted(powers)
+    assert math.isfinite(stats.minimum_detectable_effect(1.0, 1.0))

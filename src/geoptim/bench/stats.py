@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import integrate, optimize, stats
 
 ALPHA = 0.05
 POWER = 0.8
@@ -114,7 +114,20 @@ def power_of(delta: float, se: float, df: float, alpha: float = ALPHA) -> float:
         z = stats.norm.ppf(1 - alpha / 2)
         return float(stats.norm.sf(z - nc) + stats.norm.cdf(-z - nc))
     crit = stats.t.ppf(1 - alpha / 2, df)
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    power = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    # scipy's noncentral t returns NaN at few degrees of freedom and large nc
+    return power if math.isfinite(power) else power_by_integration(nc, crit, df)
+
+
+def power_by_integration(nc: float, crit: float, df: float) -> float:
+    """``P(|T| > crit)`` for ``T = (Z + nc) / sqrt(V / df)``, ``Z`` standard normal and ``V ~
+    chi^2(df)``: the noncentral-t power by its definition, integrated over ``V``."""
+
+    def rejects(v: float) -> float:
+        c = crit * math.sqrt(v / df)
+        return (stats.norm.sf(c - nc) + stats.norm.cdf(-c - nc)) * stats.chi2.pdf(v, df)
+
+    return float(integrate.quad(rejects, 0.0, math.inf, limit=200)[0])
 
 
 def minimum_detectable_effect(
