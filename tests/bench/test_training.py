@@ -265,6 +265,8 @@ def test_sgdm_rms_matches_lpsgdm_update_rms() -> None:
     assert result["curves"]["train_loss"][0] == lp_result["curves"]["train_loss"][0]
     assert result["curves"]["train_loss"][-1] != lp_result["curves"]["train_loss"][-1]
     assert "p" not in result["curves"]
+    with pytest.raises(TypeError):  # hparams are checked as the paired LPSGDM run's
+        train(ToyTask(), "sgdm_rms", {**hp, "betas": (0.9, 0.99)}, 2, budget)
 
 
 def test_agr_relative_change_known_answers() -> None:
