@@ -206,6 +206,8 @@ class RMSMatchedSGDM(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.steps_taken >= len(self.rms_schedule):
+            raise IndexError(f"the RMS schedule has only {len(self.rms_schedule)} steps")
         targets = self.rms_schedule[self.steps_taken]
         index = 0
         for group in self.param_groups:
