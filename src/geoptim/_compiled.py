@@ -50,13 +50,13 @@ import subprocess
 import tempfile
 import threading
 import warnings
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 #: Smaller tensors take the multi-tensor path. One fused call serves every tensor of a group, so
 #: its fixed cost does not grow with the number of tensors and even small ones pay.
@@ -177,8 +177,8 @@ static void parallel(const args_t *a, body_t body, int nthreads) {
 #define LERP_SMALL(w) (fabs((double)(w)) < 0.5)
 /* x.add_(y, alpha=c), as ATen vectorises it: fma(y, c, x). */
 #define ADD(x, y, c) FMA((y), (c), (x))
-/* torch.sign: 0 for 0 and NaN. */
-#define SIGN(T, u) ((T)((u) > 0) - (T)((u) < 0))
+/* sign(u) + 0 u: 0 for 0, NaN for NaN and +-inf (torch.sign gives 0 for NaN). */
+#define SIGN(T, u) ((T)((u) > 0) - (T)((u) < 0) + (u) * 0)
 /* One loop per variant, so that every loop is branch-free and vectorises. */
 #define INTERP_LOOP(D)                                                                      \
     for (int64_t i = lo; i < hi; i++) {                                                     \
@@ -496,25 +496,13 @@ def _host_key() -> str:
 # ---------------------------------------------------------------- choosing the path
 
 
-def check_fused(fused: bool | None, foreach: bool | None) -> bool | None:
-    """Constructor check: ``fused`` is ``None`` (automatic), ``True`` or ``False``, and not
-    ``True`` together with ``foreach=False`` (the single-tensor reference)."""
-    if fused not in (None, True, False):
-        raise ValueError(f"fused must be None, True or False, got {fused!r}")
-    if fused and foreach is False:
-        raise ValueError("fused=True and foreach=False are exclusive")
-    return fused
-
-
 def kernel_mode(group: dict[str, Any]) -> str:
-    """``"single"`` (``foreach=False``), ``"fused"`` (``fused=True``, or ``fused=None`` with
-    ``foreach=None``) or ``"multi"``."""
+    """``"fused"`` (``fused=True`` whatever ``foreach`` says, as in ``torch.optim``; or both
+    ``None``), ``"single"`` (``foreach=False``) or ``"multi"``."""
     foreach, fused = group["foreach"], group.get("fused")
-    if foreach is False:
-        return "single"
     if fused or (fused is None and foreach is None):
         return "fused"
-    return "multi"
+    return "single" if foreach is False else "multi"
 
 
 def fusable(tensors: Sequence[Tensor | None]) -> bool:
@@ -549,7 +537,9 @@ def pick(items: Sequence[Any] | None, indices: Sequence[int]) -> Any:
     return None if items is None else [items[i] for i in indices]
 
 
-_workspaces: dict[int, Tensor] = {}
+#: One buffer per owner tensor, dropped with it (no ``weakref.finalize``: its global registry
+#: changes size as owners come and go, which breaks ``torch.compile``'s guards).
+_workspaces: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 def workspace(owner: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
@@ -561,11 +551,9 @@ def workspace(owner: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
     one temporary keeps it, keyed by a tensor of its state.
     """
     numel = sum(t.numel() for t in like)
-    buffer = _workspaces.get(id(owner))
+    buffer = _workspaces.get(owner)
     if buffer is None or buffer.numel() < numel or buffer.dtype != like[0].dtype:
-        if buffer is None:
-            weakref.finalize(owner, _workspaces.pop, id(owner), None)
-        buffer = _workspaces[id(owner)] = torch.empty(numel, dtype=like[0].dtype)
+        buffer = _workspaces[owner] = torch.empty(numel, dtype=like[0].dtype)
     views, offset = [], 0
     for t in like:
         views.append(buffer[offset : offset + t.numel()].view_as(t))

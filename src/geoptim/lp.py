@@ -36,6 +36,7 @@ from geoptim import _compiled
 from geoptim._base import (
     GeoOptimizer,
     ParamsT,
+    check_lr,
     check_nonnegative,
     check_unit_interval,
     working_copies,
@@ -133,6 +134,7 @@ def lpsgdm_multi(
     write_back(params, w)
 
 
+@torch.compiler.disable  # opaque to torch.compile: the C kernels run eagerly
 def lpsgdm_fused(
     params: list[Tensor],
     grads: list[Tensor],
@@ -199,23 +201,28 @@ class LPSGDM(GeoOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        differentiable: bool = False,
     ) -> None:
         if dampening is not None:
             dampening = check_nonnegative("dampening", dampening)
             if dampening > 1:
                 raise ValueError(f"dampening must be in [0, 1], got {dampening!r}")
         defaults = {
-            "lr": check_nonnegative("lr", lr),
+            "lr": check_lr(lr),
             "momentum": check_unit_interval("momentum", momentum),
             "dampening": dampening,
             "p": check_p("p", p),
             "weight_decay": check_nonnegative("weight_decay", weight_decay),
             "eps": check_nonnegative("eps", eps),
-            "maximize": maximize,
-            "foreach": foreach,
-            "fused": _compiled.check_fused(fused, foreach),
         }
-        super().__init__(params, defaults)
+        super().__init__(
+            params,
+            defaults,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            differentiable=differentiable,
+        )
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         if self._has_momentum:
@@ -264,6 +271,7 @@ class LPSGD(LPSGDM):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        differentiable: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -276,6 +284,7 @@ class LPSGD(LPSGDM):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            differentiable=differentiable,
         )
 
 

@@ -114,8 +114,7 @@ def test_kernel_mode_and_argument_checks():
     assert _compiled.kernel_mode({"foreach": True, "fused": True}) == "fused"
     assert _compiled.kernel_mode({"foreach": None, "fused": False}) == "multi"
     assert _compiled.kernel_mode({"foreach": None}) == "fused"  # state dict from before `fused`
-    with pytest.raises(ValueError, match="fused"):
-        geoptim.Lion([torch.zeros(2, requires_grad=True)], fused=True, foreach=False)
+    assert _compiled.kernel_mode({"foreach": False, "fused": True}) == "fused"  # as torch.optim
     with pytest.raises(ValueError, match="fused"):
         geoptim.Adan([torch.zeros(2, requires_grad=True)], fused="yes")
 
