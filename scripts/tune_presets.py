@@ -66,10 +66,10 @@ PLAN: list[tuple[str, int, dict[str, dict[str, list[float]]]]] = [
         "grokking",
         1,
         {
-            "adamw": {"lr": [3e-3, 1e-2, 3e-2], "weight_decay": [1.0, 2.0, 4.0]},
-            "lion": {"lr": [3e-3, 1e-2, 3e-2], "weight_decay": [1.0, 3.0, 6.0]},
-            "sepnorm": {"lr": [3e-3, 1e-2, 3e-2], "weight_decay": [1.0, 3.0, 6.0]},
-            "ortsepnorm": {"lr": [3e-3, 1e-2, 3e-2], "weight_decay": [0.1, 1.0]},
+            "adamw": {"lr": [3e-3, 1e-2, 3e-2, 0.1], "weight_decay": [1.0, 2.0, 4.0]},
+            "lion": {"lr": [3e-3, 1e-2, 3e-2, 0.1], "weight_decay": [1.0, 3.0, 6.0]},
+            "sepnorm": {"lr": [3e-3, 1e-2, 3e-2, 0.1], "weight_decay": [1.0, 3.0, 6.0]},
+            "ortsepnorm": {"lr": [3e-3, 1e-2, 3e-2, 0.1], "weight_decay": [0.1, 1.0]},
         },
     ),
 ]

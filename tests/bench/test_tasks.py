@@ -197,6 +197,11 @@ def test_quadratic_divergence_and_p_schedule() -> None:
     assert not scheduled["extra"]["diverged"] and scheduled["steps"] == 10
 
 
+def test_quadratic_refuses_the_step_size_control() -> None:
+    with pytest.raises(ValueError, match="trainable tasks only"):
+        tasks.get_task("quadratic").run("sgdm_rms", {"lr": 0.1, "p_max": 6.0}, 0, {"steps": 2})
+
+
 def test_quadratic_callbacks() -> None:
     seen: list[tuple[int, int]] = []
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from geoptim import create_optimizer
 from geoptim.bench.data import TensorData
 from geoptim.bench.tasks.base import TrainableTask
 from geoptim.bench.training import (
@@ -264,20 +265,26 @@ def test_sgdm_rms_matches_lpsgdm_update_rms() -> None:
     assert result["curves"]["train_loss"][0] == lp_result["curves"]["train_loss"][0]
     assert result["curves"]["train_loss"][-1] != lp_result["curves"]["train_loss"][-1]
     assert "p" not in result["curves"]
+    with pytest.raises(TypeError):  # hparams are checked as the paired LPSGDM run's
+        train(ToyTask(), "sgdm_rms", {**hp, "betas": (0.9, 0.99)}, 2, budget)
 
 
-def test_agr_relative_change_known_answers() -> None:
-    """A one-element tensor: AGR zeroes its gradient, so AdamW (no weight decay) does not move
-    it and the relative change is exactly 1. A tensor whose gradient entries have equal
-    magnitudes: AGR scales the gradient by 1 - 1/n, which Adam's first step cannot see (0)."""
+@pytest.mark.parametrize("moments", ["both", "first"])
+def test_agr_relative_change_of_a_one_element_tensor(moments: str) -> None:
+    """AGR zeroes a one-element tensor's gradient (in both moments, or in the first only), so
+    AdamW (no weight decay) does not move it: the relative change is exactly 1."""
     scalar = nn.Parameter(torch.tensor([0.5]))
-    optimizer = __import__("geoptim").create_optimizer([scalar], "adamw_agr", lr=0.1)
+    optimizer = create_optimizer([scalar], "adamw_agr", lr=0.1, weight_decay=0.0, moments=moments)
     scalar.grad = torch.tensor([2.0])
     assert step_measuring_agr(optimizer) == 1.0
     assert scalar.item() == 0.5 and optimizer.param_groups[0]["agr_step"] == 1
 
+
+def test_agr_relative_change_of_equal_magnitudes() -> None:
+    """Equal-magnitude gradient entries: AGR scales the gradient by 1 - 1/n, which Adam's first
+    step cannot see (relative change 0)."""
     vector = nn.Parameter(torch.zeros(4))
-    optimizer = __import__("geoptim").create_optimizer([vector], "adamw_agr", lr=0.1, eps=0.0)
+    optimizer = create_optimizer([vector], "adamw_agr", lr=0.1, eps=0.0, weight_decay=0.0)
     vector.grad = torch.tensor([1.0, -1.0, 1.0, -1.0])
     assert step_measuring_agr(optimizer) == pytest.approx(0.0, abs=1e-6)
     assert torch.allclose(vector.detach(), torch.tensor([-0.1, 0.1, -0.1, 0.1]))

@@ -158,6 +158,18 @@ def test_shipped_presets_provenance():
     assert len(keys) == len(set(keys))
 
 
+def test_hand_written_preset_file_is_labelled(tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"task": "digits", "optimizer": "sgdm", "hparams": {"lr": 0.2}}))
+    loaded = presets.load_presets("paper", files=[path])
+    assert loaded.hparams("digits", {}, "sgdm") == {"lr": 0.2}
+    provenance = loaded.provenance("digits", {}, "sgdm")
+    assert provenance["source"] == "preset file" and provenance["file"] == str(path)
+    path.write_text(json.dumps({"task": "digits", "optimizer": "sgdm"}))
+    with pytest.raises(ValueError, match="hparams"):
+        presets.load_preset_file(path)
+
+
 def test_tuned_presets_cover_their_base_optimizers():
     entry = {
         "task": "digits",

@@ -172,13 +172,16 @@ def check_preset(data: Any, where: str) -> dict[str, Any]:
 
 
 def load_preset_file(path: str | Path) -> dict[str, Any]:
-    """Read and check one preset file; raise ``ValueError`` with the reason when it is bad."""
+    """Read and check one preset file; raise ``ValueError`` with the reason when it is bad. A
+    hand-written file without ``provenance`` gets ``{"source": "preset file", "file": path}``."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as err:
         raise ValueError(f"cannot read preset file {path}: {err}") from err
     except ValueError as err:
         raise ValueError(f"preset file {path} is not valid JSON: {err}") from err
+    if isinstance(data, dict):
+        data.setdefault("provenance", {"source": "preset file", "file": str(path)})
     return check_preset(data, f"preset file {path}")
 
 

@@ -121,7 +121,8 @@ def setup_optimizer(
     rms_schedule: Sequence[Sequence[float]] | None = None,
 ) -> OptimizerSetup:
     """Build the optimizer ``name`` from ``hparams`` with its schedulers (see module doc);
-    ``rms_schedule`` is the per-step per-tensor update RMS an ``"sgdm_rms"`` optimizer follows."""
+    ``rms_schedule`` is the per-step per-tensor update RMS an ``"sgdm_rms"`` optimizer follows
+    (its hparams are checked by building the LPSGDM optimizer its paired run uses)."""
     from geoptim import CosinePScheduler
 
     if "lr" not in hparams:
@@ -137,8 +138,8 @@ def setup_optimizer(
         kwargs["moments"] = kwargs.pop("agr_moments")
     p_max = hparams.get("p_max")
     if name == "sgdm_rms":
-        if rms_schedule is None:
-            raise ValueError("sgdm_rms needs the paired LPSGDM run's rms_schedule")
+        # the paired LPSGDM run takes these hparams: building it checks them the same way
+        create_optimizer(model_or_params, "lpsgdm", lr=lr, weight_decay=weight_decay, **kwargs)
         params = (
             param_groups(model_or_params, weight_decay)
             if isinstance(model_or_params, nn.Module)
@@ -146,7 +147,7 @@ def setup_optimizer(
         )
         optimizer: torch.optim.Optimizer = RMSMatchedSGDM(
             params,
-            rms_schedule,
+            rms_schedule or [],
             lr=lr,
             weight_decay=weight_decay,
             momentum=float(kwargs.get("momentum", 0.9)),
@@ -205,6 +206,8 @@ class RMSMatchedSGDM(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.steps_taken >= len(self.rms_schedule):
+            raise IndexError(f"the RMS schedule has only {len(self.rms_schedule)} steps")
         targets = self.rms_schedule[self.steps_taken]
         index = 0
         for group in self.param_groups:
@@ -264,7 +267,7 @@ def step_measuring_agr(optimizer: torch.optim.Optimizer) -> float:
     start = [p.detach().clone() for p in params]
     saved = copy.deepcopy(optimizer.state_dict())
     for group in optimizer.param_groups:
-        group["agr_until"] = 0  # AGR applies while agr_step <= agr_until: off for this step
+        group["agr_until"] = -1  # AGR applies while agr_step <= agr_until: off for this step
     optimizer.step()
     plain = [p.detach() - w for p, w in zip(params, start, strict=True)]
     with torch.no_grad():

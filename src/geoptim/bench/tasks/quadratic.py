@@ -85,6 +85,8 @@ class QuadraticTask(Task):
         """Deterministic (``seed`` is only set for optimizers that might draw random numbers).
         Callbacks get ``on_step(step, model, optimizer, loss)`` with ``model`` a module whose one
         parameter ``w`` is the point and ``loss`` its value before the step; there are no epochs."""
+        if optimizer == "sgdm_rms":
+            raise ValueError("sgdm_rms (the LPSGDM step-size control) runs on trainable tasks only")
         torch.manual_seed(seed)
         problem = budget.get("problem", self.problem)
         check_choice("problem", problem, tuple(PROBLEMS))
