@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from geoptim.analysis import cli
 from geoptim.analysis.curvature import CurvatureRecorder, summarize
 from geoptim.analysis.experiments import curvature_experiment, momentum_tracing_experiment
+from geoptim.bench.cli_common import check_task
 
 
 def test_summary_measures() -> None:
@@ -75,7 +76,8 @@ def test_cli_arguments(tmp_path: Path) -> None:
     args = parser.parse_args(["--optimizer", "adamw", "--at", "0,2", "--option", "width=8",
                               "--hparam", "betas=[0.9, 0.99]", "--out", str(tmp_path)])
     assert args.at == [0, 2]
-    assert args.option == [("width", 8)]
+    assert args.option == [("width", "8")]  # text, read by the option's declared type:
+    assert check_task("digits", dict(args.option)) == ("digits", {"width": 8})
     assert args.hparam == [("betas", [0.9, 0.99])]
     with pytest.raises(SystemExit):
         parser.parse_args(["--at", "x"])

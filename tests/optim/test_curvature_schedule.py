@@ -129,7 +129,9 @@ def _random_gradients(gen, count):
             grads.append(specials[(k // 7) % len(specials)])
         else:
             spread = torch.rand(1, generator=gen) * 6
-            grads.append(torch.randn(6, generator=gen) * torch.exp(spread * torch.rand(6, generator=gen)))
+            grads.append(
+                torch.randn(6, generator=gen) * torch.exp(spread * torch.rand(6, generator=gen))
+            )
     return grads
 
 
