@@ -194,7 +194,12 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("a file, not a directory\n")
     (tmp_path / "empty").mkdir()
-    preset = {"task": "digits", "optimizer": "sgdm", "hparams": {"lr": -1.0}}
+    preset = {
+        "task": "digits",
+        "optimizer": "sgdm",
+        "hparams": {"lr": -1.0},
+        "provenance": {"source": "geoptim tune", "selected_on": "validation"},
+    }
     (tmp_path / "bad_preset.json").write_text(json.dumps(preset))
     for name in TORCHRUN_ENV:
         monkeypatch.delenv(name, raising=False)

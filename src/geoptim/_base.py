@@ -17,6 +17,7 @@ to :mod:`geoptim._stats` for the update's duration, so kernels need not know abo
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -41,6 +42,22 @@ IMPLEMENTATION_DEFAULTS = {
 
 
 # ---------------------------------------------------------------- argument checks (constructor)
+
+
+def eager(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` opaque to ``torch.compile`` (the graph breaks around it and it runs eagerly: the C
+    kernels and the sharded sums), without importing ``torch._dynamo`` into eager programs:
+    ``torch.compiler.disable`` at import time would add about two seconds to ``import geoptim``
+    and load sympy."""
+    disabled = torch._disable_dynamo(fn)
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return disabled(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return call
 
 
 def check_nonnegative(name: str, value: float) -> float:

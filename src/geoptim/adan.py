@@ -32,6 +32,7 @@ from geoptim._base import (
     check_betas,
     check_lr,
     check_nonnegative,
+    eager,
     working_copies,
     write_back,
 )
@@ -152,7 +153,7 @@ def adan_multi(
         write_back(targets, work)
 
 
-@torch.compiler.disable  # opaque to torch.compile: the C kernels run eagerly
+@eager  # opaque to torch.compile: the C kernels run eagerly
 def adan_fused(
     params: list[Tensor],
     grads: list[Tensor],

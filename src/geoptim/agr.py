@@ -29,7 +29,14 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from geoptim import _compiled
-from geoptim._base import as_real, as_real_state, check_choice, scalar_dtype, working_copies
+from geoptim._base import (
+    as_real,
+    as_real_state,
+    check_choice,
+    eager,
+    scalar_dtype,
+    working_copies,
+)
 from geoptim._stats import layout_of, like, local, parameter_labels, per_tensor_sums, sharded
 from geoptim.adan import Adan
 
@@ -46,7 +53,7 @@ def agr(grad: Tensor) -> Tensor:
     return g.abs().div_(-total).add_(1.0).mul_(g).to(grad.dtype)
 
 
-@torch.compiler.disable  # opaque to torch.compile: the C kernel and the sums run eagerly
+@eager  # opaque to torch.compile: the C kernel and the sums run eagerly
 def agr_multi(
     grads: list[Tensor], *, fused: bool | None = None, owner: Tensor | None = None
 ) -> list[Tensor]:

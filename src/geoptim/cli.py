@@ -46,6 +46,7 @@ def _missing_extra(command: str, err: ModuleNotFoundError) -> int:
     )
     return 2
 
+
 USAGE_ERROR = 2
 """Exit status of a user error (as argparse)."""
 DISK_FULL = 1

@@ -49,6 +49,7 @@ from geoptim._base import (
     check_lr,
     check_nonnegative,
     check_unit_interval,
+    eager,
     working_copies,
     write_back,
 )
@@ -70,7 +71,7 @@ GROUPINGS = ("tensor", "element", "global")
 Direction = Literal["sign", "element", "tensor", "global", "global_norm"]
 
 
-@torch.compiler.disable  # geoptim._stats (sharded sums) runs eagerly under torch.compile
+@eager  # geoptim._stats (sharded sums) runs eagerly under torch.compile
 def _projection_coefficients(
     params: Sequence[Tensor], updates: Sequence[Tensor], direction: Direction
 ) -> Tensor:
@@ -83,7 +84,7 @@ def _projection_coefficients(
     return torch.where(sq > 0, dots / sq.clamp_min(torch.finfo(sq.dtype).tiny), 0.0)
 
 
-@torch.compiler.disable  # as above
+@eager  # as above
 def _normalisation_scales(updates: Sequence[Tensor], direction: Direction, eps: float) -> Tensor:
     """The factor each update tensor is multiplied by: ``sqrt(n_l) / (||u_l|| + eps)``,
     with ``n_l`` and ``||u_l||`` over the whole group for ``"global"``, and the plain
@@ -185,7 +186,7 @@ def sepnorm_multi(
     write_back(exp_avgs, m)
 
 
-@torch.compiler.disable  # opaque to torch.compile: the C kernels run eagerly
+@eager  # opaque to torch.compile: the C kernels run eagerly
 def sepnorm_fused(
     params: list[Tensor],
     grads: list[Tensor],

@@ -39,6 +39,7 @@ from geoptim._base import (
     check_lr,
     check_nonnegative,
     check_unit_interval,
+    eager,
     working_copies,
     write_back,
 )
@@ -134,7 +135,7 @@ def lpsgdm_multi(
     write_back(params, w)
 
 
-@torch.compiler.disable  # opaque to torch.compile: the C kernels run eagerly
+@eager  # opaque to torch.compile: the C kernels run eagerly
 def lpsgdm_fused(
     params: list[Tensor],
     grads: list[Tensor],
