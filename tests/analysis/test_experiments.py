@@ -33,8 +33,9 @@ def test_recorder_restores_mode_and_records_chosen_epochs() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
     data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
-    recorder = CurvatureRecorder(F.cross_entropy, data, at=[2], k=2, slq_steps=8,
-                                 trace_samples=10, mode="train")
+    recorder = CurvatureRecorder(
+        F.cross_entropy, data, at=[2], k=2, slq_steps=8, trace_samples=10, mode="train"
+    )
     model.eval()
     recorder.on_epoch_end(1, model, None)
     recorder.on_epoch_end(2, model, None)
@@ -50,11 +51,28 @@ def test_recorder_restores_mode_and_records_chosen_epochs() -> None:
 def test_curvature_command_on_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    args = parser.parse_args([
-        "--option", "width=4", "--epochs", "1", "--at", "0,1,5", "--hessian-samples", "32",
-        "--k", "1", "--slq-probes", "1", "--slq-steps", "8", "--trace-samples", "10",
-        "--out", str(tmp_path),
-    ])
+    args = parser.parse_args(
+        [
+            "--option",
+            "width=4",
+            "--epochs",
+            "1",
+            "--at",
+            "0,1,5",
+            "--hessian-samples",
+            "32",
+            "--k",
+            "1",
+            "--slq-probes",
+            "1",
+            "--slq-steps",
+            "8",
+            "--trace-samples",
+            "10",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert cli.run(args) == 0
     assert "epoch   1: lambda_max" in capsys.readouterr().out
     saved = json.loads((tmp_path / "curvature.json").read_text())
@@ -73,8 +91,20 @@ def test_curvature_experiment_rejects_untrainable_task(tmp_path: Path) -> None:
 def test_cli_arguments(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    args = parser.parse_args(["--optimizer", "adamw", "--at", "0,2", "--option", "width=8",
-                              "--hparam", "betas=[0.9, 0.99]", "--out", str(tmp_path)])
+    args = parser.parse_args(
+        [
+            "--optimizer",
+            "adamw",
+            "--at",
+            "0,2",
+            "--option",
+            "width=8",
+            "--hparam",
+            "betas=[0.9, 0.99]",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert args.at == [0, 2]
     assert args.option == [("width", "8")]  # text, read by the option's declared type:
     assert check_task("digits", dict(args.option)) == ("digits", {"width": 8})
@@ -84,8 +114,9 @@ def test_cli_arguments(tmp_path: Path) -> None:
 
 
 def test_momentum_tracing_experiment_smoke(tmp_path: Path) -> None:
-    payload = momentum_tracing_experiment(tmp_path, runs=[("lion", "relu")], epochs=1,
-                                          batch_size=64, width=4)
+    payload = momentum_tracing_experiment(
+        tmp_path, runs=[("lion", "relu")], epochs=1, batch_size=64, width=4
+    )
     run = payload["runs"]["lion / relu"]
     assert len(run["tracing"]["step"]) == len(run["quantile"]["step"]) - 1
     assert (tmp_path / "momentum_tracing.png").stat().st_size > 0

@@ -26,20 +26,25 @@ def bn_net() -> nn.Sequential:
     return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
 
 
-def set_state(optimizer: torch.optim.Optimizer, key: str,
-              momenta: dict[nn.Parameter, list[float]], grads: dict[nn.Parameter, list[float]]
-              ) -> None:
+def set_state(
+    optimizer: torch.optim.Optimizer,
+    key: str,
+    momenta: dict[nn.Parameter, list[float]],
+    grads: dict[nn.Parameter, list[float]],
+) -> None:
     for p, values in momenta.items():
         optimizer.state[p][key] = torch.tensor(values).view(p.shape)
     for p, values in grads.items():
         p.grad = torch.tensor(values).view(p.shape)
 
 
-@pytest.mark.parametrize(("optimizer_name", "key"), [("sgdm", "momentum_buffer"),
-                                                      ("adamw", "exp_avg")])
+@pytest.mark.parametrize(
+    ("optimizer_name", "key"), [("sgdm", "momentum_buffer"), ("adamw", "exp_avg")]
+)
 @pytest.mark.parametrize("after_zero_gradient", [True, False])
-def test_momentum_tracing_counts_constructed_case(optimizer_name: str, key: str,
-                                                  after_zero_gradient: bool) -> None:
+def test_momentum_tracing_counts_constructed_case(
+    optimizer_name: str, key: str, after_zero_gradient: bool
+) -> None:
     model = bn_net()
     lin, bn = model[0], model[1]
     optimizer = create_optimizer(model, optimizer_name, lr=0.1)
@@ -47,13 +52,21 @@ def test_momentum_tracing_counts_constructed_case(optimizer_name: str, key: str,
     zero = [0.0] * 4
     # step 1: BN-bias momentum tiny in entries 0, 1; linear-bias momentum tiny in entry 3;
     # BN-bias gradient zero except entry 1, linear-bias gradient zero
-    set_state(optimizer, key, {bn.bias: [0.0, 1e-4, 0.5, -0.5], lin.bias: [1, 1, 1, 1e-5]},
-              {bn.bias: [0.0, 0.1, 0.0, 0.0], lin.bias: zero})
+    set_state(
+        optimizer,
+        key,
+        {bn.bias: [0.0, 1e-4, 0.5, -0.5], lin.bias: [1, 1, 1, 1e-5]},
+        {bn.bias: [0.0, 0.1, 0.0, 0.0], lin.bias: zero},
+    )
     monitor.on_step(1, model, optimizer, 0.0)
     assert monitor.history == {}  # nothing to compare with yet
     # step 2: gradients arrive in BN-bias entries 1, 2 and linear-bias entries 0, 3
-    set_state(optimizer, key, {bn.bias: [0.0, 0.0, 0.0, 0.0], lin.bias: [1, 1, 1, 1]},
-              {bn.bias: [0.0, 2.0, 3.0, 0.0], lin.bias: [1.0, 0.0, 0.0, -1.0]})
+    set_state(
+        optimizer,
+        key,
+        {bn.bias: [0.0, 0.0, 0.0, 0.0], lin.bias: [1, 1, 1, 1]},
+        {bn.bias: [0.0, 2.0, 3.0, 0.0], lin.bias: [1.0, 0.0, 0.0, -1.0]},
+    )
     monitor.on_step(2, model, optimizer, 0.0)
     # BN bias: tiny before {0, 1} (after a zero gradient: {0}), gradient now {1, 2};
     # linear bias: tiny before {3} (gradient was zero), gradient now {0, 3}
@@ -88,12 +101,10 @@ def test_weight_quantile_matches_numpy() -> None:
     monitor = WeightQuantile(q=0.95)
     monitor.on_step(1, model, None, 0.0)  # type: ignore[arg-type]
     flat = np.concatenate([p.detach().abs().numpy().ravel() for p in model.parameters()])
-    assert monitor.history["quantile"][0] == pytest.approx(float(np.quantile(flat, 0.95)),
-                                                           rel=1e-6)
+    assert monitor.history["quantile"][0] == pytest.approx(float(np.quantile(flat, 0.95)), rel=1e-6)
     values = torch.rand(1001)
     for q in (0.0, 0.5, 0.95, 1.0):
-        assert quantile(values, q) == pytest.approx(float(np.quantile(values.numpy(), q)),
-                                                    rel=1e-6)
+        assert quantile(values, q) == pytest.approx(float(np.quantile(values.numpy(), q)), rel=1e-6)
 
 
 def test_update_cosine_and_rms_match_direct_computation() -> None:
@@ -160,5 +171,6 @@ def test_weight_norms_report_group_fixed_points() -> None:
     weight = model[0].weight
     assert monitor.history["0.weight"][0] == pytest.approx(float(weight.detach().norm()))
     assert monitor.history["0.weight:fixed_point"][0] == pytest.approx(
-        fixed_point_norm(0.1, 0.2, weight.numel()))
+        fixed_point_norm(0.1, 0.2, weight.numel())
+    )
     assert monitor.history["1.bias:fixed_point"] == [None, None]  # biases: no weight decay

@@ -65,11 +65,12 @@ def double_backward_hessian(
     batch-norm backward) disagrees with autograd and with finite differences.
     """
     params = list(model.parameters())
-    grads = torch.autograd.grad(F.cross_entropy(model(data[0]), data[1]), params,
-                                create_graph=True)
+    grads = torch.autograd.grad(F.cross_entropy(model(data[0]), data[1]), params, create_graph=True)
     flat_grad = torch.cat([g.reshape(-1) for g in grads])
-    rows = [torch.cat([r.reshape(-1) for r in torch.autograd.grad(gi, params, retain_graph=True)])
-            for gi in flat_grad]
+    rows = [
+        torch.cat([r.reshape(-1) for r in torch.autograd.grad(gi, params, retain_graph=True)])
+        for gi in flat_grad
+    ]
     return torch.stack(rows)
 
 
@@ -145,8 +146,9 @@ def test_iterable_of_batches_equals_concatenated_batch() -> None:
     v = torch.randn(whole.size, dtype=F64)
     torch.testing.assert_close(parts.matvec(v), whole.matvec(v), atol=1e-12, rtol=0)
     top_whole = hessian_top_eigenvalues(model, F.cross_entropy, (x, y), k=2)
-    top_parts = hessian_top_eigenvalues(model, F.cross_entropy, iter([(x[:25], y[:25]),
-                                                                      (x[25:], y[25:])]), k=2)
+    top_parts = hessian_top_eigenvalues(
+        model, F.cross_entropy, iter([(x[:25], y[:25]), (x[25:], y[25:])]), k=2
+    )
     torch.testing.assert_close(top_parts.values, top_whole.values, atol=1e-10, rtol=0)
 
 
@@ -168,21 +170,25 @@ def test_top3_eigenvalues_of_mlp(method: str) -> None:
 
 @pytest.mark.parametrize(
     ("which", "expected"),
-    [("LA", [9.0, 6.5, 4.0]), ("SA", [-3.0, -3.0 + 5 / 36, -3.0 + 10 / 36]),
-     ("LM", [9.0, 6.5, 4.0])],
+    [
+        ("LA", [9.0, 6.5, 4.0]),
+        ("SA", [-3.0, -3.0 + 5 / 36, -3.0 + 10 / 36]),
+        ("LM", [9.0, 6.5, 4.0]),
+    ],
 )
 def test_eigenvalues_of_quadratic(which: str, expected: list[float]) -> None:
-    result = hessian_top_eigenvalues(Quadratic(QUAD_EIGS), quadratic_loss, QUAD_DATA, k=3,
-                                     which=which)
-    torch.testing.assert_close(result.values, torch.tensor(expected, dtype=F64), rtol=1e-4,
-                               atol=0)
+    result = hessian_top_eigenvalues(
+        Quadratic(QUAD_EIGS), quadratic_loss, QUAD_DATA, k=3, which=which
+    )
+    torch.testing.assert_close(result.values, torch.tensor(expected, dtype=F64), rtol=1e-4, atol=0)
 
 
 def test_largest_magnitude_can_be_negative() -> None:
     eigs = torch.tensor([-8.0, 5.0, 1.0, 0.5, -0.25])
     result = hessian_top_eigenvalues(Quadratic(eigs), quadratic_loss, QUAD_DATA, k=2, which="LM")
-    torch.testing.assert_close(result.values, torch.tensor([-8.0, 5.0], dtype=F64), rtol=1e-6,
-                               atol=0)
+    torch.testing.assert_close(
+        result.values, torch.tensor([-8.0, 5.0], dtype=F64), rtol=1e-6, atol=0
+    )
 
 
 # ---------------------------------------------------------------------------- trace

@@ -14,14 +14,30 @@ def test_full_suite_has_curvature_and_momentum_tracing_runs():
 
 def test_analysis_runs_write_records_and_report_sections(tmp_path):
     curvature = RunSpec(
-        task="digits", task_overrides={"model": "resnet", "width": 8}, optimizer="sgdm",
-        hparams={"lr": 0.05}, seed=0, kind="curvature",
-        budget={"epochs": 1, "batches_per_epoch": 4, "at": [0, 1], "k": 2,
-                "hessian_samples": 32, "slq_probes": 1, "slq_steps": 8, "trace_samples": 12},
+        task="digits",
+        task_overrides={"model": "resnet", "width": 8},
+        optimizer="sgdm",
+        hparams={"lr": 0.05},
+        seed=0,
+        kind="curvature",
+        budget={
+            "epochs": 1,
+            "batches_per_epoch": 4,
+            "at": [0, 1],
+            "k": 2,
+            "hessian_samples": 32,
+            "slq_probes": 1,
+            "slq_steps": 8,
+            "trace_samples": 12,
+        },
     )
     tracing = RunSpec(
-        task="digits", task_overrides={"model": "resnet"}, optimizer="lion",
-        hparams={"lr": 1e-2, "weight_decay": 0.2}, seed=0, kind="momentum_tracing",
+        task="digits",
+        task_overrides={"model": "resnet"},
+        optimizer="lion",
+        hparams={"lr": 1e-2, "weight_decay": 0.2},
+        seed=0,
+        kind="momentum_tracing",
         budget={"epochs": 1},
     )
     summary = runner.execute([curvature, tracing], tmp_path, workers=1, quiet=True)

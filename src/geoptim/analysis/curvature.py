@@ -32,8 +32,9 @@ from geoptim.analysis.spectrum import spectral_density, top_eigenpairs, trace_es
 MODES = ("train", "eval")
 
 
-def summarize(top: list[float], trace: float, nodes: torch.Tensor,
-              weights: torch.Tensor) -> dict[str, float]:
+def summarize(
+    top: list[float], trace: float, nodes: torch.Tensor, weights: torch.Tensor
+) -> dict[str, float]:
     """The anisotropy measures of the module docstring from one epoch's spectra."""
     lam_max = max(top[0], float(nodes.max()))
     mean_abs = float((weights * nodes.abs()).sum())
@@ -105,12 +106,15 @@ class CurvatureRecorder:
         model.train(self.mode == "train")
         try:
             op = HessianOperator(model, self.loss_fn, self.data, method=self.method)
-            top = top_eigenpairs(op, self.k, tol=self.eig_tol, max_iter=self.eig_max_iter,
-                                 seed=self.seed)
-            trace = trace_estimate(op, rtol=self.trace_rtol, max_samples=self.trace_samples,
-                                   seed=self.seed)
-            density = spectral_density(op, n_probes=self.slq_probes, steps=self.slq_steps,
-                                       seed=self.seed)
+            top = top_eigenpairs(
+                op, self.k, tol=self.eig_tol, max_iter=self.eig_max_iter, seed=self.seed
+            )
+            trace = trace_estimate(
+                op, rtol=self.trace_rtol, max_samples=self.trace_samples, seed=self.seed
+            )
+            density = spectral_density(
+                op, n_probes=self.slq_probes, steps=self.slq_steps, seed=self.seed
+            )
         finally:
             model.train(was_training)
         values = top.values.tolist()

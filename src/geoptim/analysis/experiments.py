@@ -91,18 +91,34 @@ def curvature_experiment(
     device = trainable.torch_device()
     x, y = trainable.make_data(seed).hessian_batch(hessian_samples)
     recorder = CurvatureRecorder(
-        trainable.loss_fn, (x.to(device), y.to(device)), at, k=k, slq_probes=slq_probes,
-        slq_steps=slq_steps, trace_samples=trace_samples, mode=mode, seed=seed,
+        trainable.loss_fn,
+        (x.to(device), y.to(device)),
+        at,
+        k=k,
+        slq_probes=slq_probes,
+        slq_steps=slq_steps,
+        trace_samples=trace_samples,
+        mode=mode,
+        seed=seed,
         progress=progress,
     )
     if 0 in recorder.at:
         recorder.record(0, trainable.make_model(seed).to(device).train())
     result = trainable.run(optimizer, params, seed, {"epochs": epochs}, callbacks=[recorder])
     config = {
-        "task": task, "task_options": options, "optimizer": optimizer, "hparams": params,
-        "epochs": epochs, "at": sorted(recorder.at), "seed": seed,
-        "hessian_samples": len(y), "k": k, "slq_probes": slq_probes,
-        "slq_steps": slq_steps, "trace_samples": trace_samples, "mode": mode,
+        "task": task,
+        "task_options": options,
+        "optimizer": optimizer,
+        "hparams": params,
+        "epochs": epochs,
+        "at": sorted(recorder.at),
+        "seed": seed,
+        "hessian_samples": len(y),
+        "k": k,
+        "slq_probes": slq_probes,
+        "slq_steps": slq_steps,
+        "trace_samples": trace_samples,
+        "mode": mode,
     }
     payload = {
         "config": config,
@@ -123,8 +139,12 @@ def curvature_title(config: dict[str, Any]) -> str:
     return f"{config['task']} ({label}), {config['optimizer']}: Hessian spectrum over training"
 
 
-def tracing_summary(tracing: dict[str, list[Any]], quantile: dict[str, list[Any]],
-                    cosine: dict[str, list[Any]], last: int = 100) -> dict[str, float]:
+def tracing_summary(
+    tracing: dict[str, list[Any]],
+    quantile: dict[str, list[Any]],
+    cosine: dict[str, list[Any]],
+    last: int = 100,
+) -> dict[str, float]:
     """Totals of a momentum-tracing run: counts summed over all steps, the final 95% quantile
     of ``|w|`` and the mean cosine of the ``last`` steps."""
     tail = cosine["cosine"][-last:]
@@ -163,36 +183,53 @@ def momentum_tracing_experiment(
     results: dict[str, Any] = {}
     for optimizer, activation in runs:
         label = f"{optimizer} / {activation}"
-        task = _trainable("digits", {**CLEAN_DIGITS, "activation": activation,
-                                     "batch_size": batch_size, "width": width})
-        monitors = {"tracing": MomentumTracing(threshold=threshold), "quantile": WeightQuantile(),
-                    "cosine": UpdateCosine()}
-        result = task.run(optimizer, hparams, seed, {"epochs": epochs},
-                          callbacks=list(monitors.values()))
+        task = _trainable(
+            "digits",
+            {**CLEAN_DIGITS, "activation": activation, "batch_size": batch_size, "width": width},
+        )
+        monitors = {
+            "tracing": MomentumTracing(threshold=threshold),
+            "quantile": WeightQuantile(),
+            "cosine": UpdateCosine(),
+        }
+        result = task.run(
+            optimizer, hparams, seed, {"epochs": epochs}, callbacks=list(monitors.values())
+        )
         histories = {name: monitor.history for name, monitor in monitors.items()}
         summary = tracing_summary(**histories)
         results[label] = {**histories, "summary": summary, "final": result["final"]}
         if progress is not None:
-            progress(f"{label:>22}: BN-bias tracing {summary['bn_bias_total']:>5}, other "
-                     f"{summary['other_total']:>7}, q95 |w| {summary['quantile_final']:.3f}, "
-                     f"test acc {result['final'].get('test_acc', math.nan):.3f}")
+            progress(
+                f"{label:>22}: BN-bias tracing {summary['bn_bias_total']:>5}, other "
+                f"{summary['other_total']:>7}, q95 |w| {summary['quantile_final']:.3f}, "
+                f"test acc {result['final'].get('test_acc', math.nan):.3f}"
+            )
     payload = {
-        "config": {"runs": [list(r) for r in runs], "hparams": hparams,
-                   "batch_size": batch_size, "width": width, "epochs": epochs,
-                   "threshold": threshold, "seed": seed},
+        "config": {
+            "runs": [list(r) for r in runs],
+            "hparams": hparams,
+            "batch_size": batch_size,
+            "width": width,
+            "epochs": epochs,
+            "threshold": threshold,
+            "seed": seed,
+        },
         "runs": results,
     }
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / "momentum_tracing.json", payload)
-        plot_momentum_tracing(results, out / "momentum_tracing.png",
-                              title=tracing_title(payload["config"]))
+        plot_momentum_tracing(
+            results, out / "momentum_tracing.png", title=tracing_title(payload["config"])
+        )
     return payload
 
 
 def tracing_title(config: dict[str, Any]) -> str:
     """The momentum-tracing figure's title, from a payload's ``config``."""
     hparams = config["hparams"]
-    return (f"digits ResNet, batch {config['batch_size']}, lr {hparams['lr']}, "
-            f"wd {hparams['weight_decay']}")
+    return (
+        f"digits ResNet, batch {config['batch_size']}, lr {hparams['lr']}, "
+        f"wd {hparams['weight_decay']}"
+    )

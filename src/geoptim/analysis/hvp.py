@@ -120,9 +120,7 @@ class HessianOperator:
         self.params = torch.cat([_cast(p.detach(), dtype).reshape(-1) for _, p in named])
         batches = as_batches(data)
         total = sum(_batch_size(batch) for batch in batches)
-        self._batches = [
-            (_cast(x, dtype), y, _batch_size((x, y)) / total) for x, y in batches
-        ]
+        self._batches = [(_cast(x, dtype), y, _batch_size((x, y)) / total) for x, y in batches]
         self._linear: list[Callable[[Tensor], tuple[Tensor]]] | None = None
         self.n_products = 0
 
@@ -173,4 +171,3 @@ class HessianOperator:
             weight * linear(vector)[0]
             for linear, (_, _, weight) in zip(self._linear, self._batches, strict=True)
         )  # type: ignore[return-value]
-

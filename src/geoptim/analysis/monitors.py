@@ -89,8 +89,13 @@ class MomentumTracing(Monitor):
     (the default) count 465 and 456 BatchNorm-bias events, ``1e-4`` counts 230.
     """
 
-    def __init__(self, threshold: float = 1e-3, state_key: str | None = None,
-                 after_zero_gradient: bool = True, every: int = 1) -> None:
+    def __init__(
+        self,
+        threshold: float = 1e-3,
+        state_key: str | None = None,
+        after_zero_gradient: bool = True,
+        every: int = 1,
+    ) -> None:
         super().__init__(every)
         self.threshold = threshold
         self.state_key = state_key
@@ -105,8 +110,9 @@ class MomentumTracing(Monitor):
                 return state[key]
         return None
 
-    def on_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                loss: float) -> None:
+    def on_step(
+        self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, loss: float
+    ) -> None:
         if self._bn_bias is None:
             self._bn_bias = batchnorm_bias_ids(model)
         counts = {"bn_bias": 0, "other": 0, "bn_bias_dormant": 0, "other_dormant": 0}
@@ -144,8 +150,9 @@ class WeightQuantile(Monitor):
             raise ValueError(f"q must lie in [0, 1], got {q}")
         self.q = q
 
-    def on_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                loss: float) -> None:
+    def on_step(
+        self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, loss: float
+    ) -> None:
         if self._due(step):
             values = _flat(model).abs()
             self._add(step=step, quantile=quantile(values, self.q), max=float(values.max()))
@@ -168,16 +175,18 @@ class _UpdateMonitor(Monitor):
         super().__init__(every)
         self._previous: list[Tensor] | None = None
 
-    def on_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                loss: float) -> None:
+    def on_step(
+        self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, loss: float
+    ) -> None:
         named = [(name, p.detach()) for name, p in model.named_parameters() if p.requires_grad]
         previous, self._previous = self._previous, [p.clone() for _, p in named]
         if previous is not None and self._due(step):
             names = [name for name, _ in named]
             self.measure(step, names, previous, [p for _, p in named])
 
-    def measure(self, step: int, names: Sequence[str], before: Sequence[Tensor],
-                after: Sequence[Tensor]) -> None:
+    def measure(
+        self, step: int, names: Sequence[str], before: Sequence[Tensor], after: Sequence[Tensor]
+    ) -> None:
         raise NotImplementedError
 
 
@@ -193,8 +202,9 @@ class UpdateCosine(_UpdateMonitor):
             raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
         self.fraction = fraction
 
-    def measure(self, step: int, names: Sequence[str], before: Sequence[Tensor],
-                after: Sequence[Tensor]) -> None:
+    def measure(
+        self, step: int, names: Sequence[str], before: Sequence[Tensor], after: Sequence[Tensor]
+    ) -> None:
         w = torch.cat([b.reshape(-1) for b in before])
         update = torch.cat([a.reshape(-1) for a in after]) - w
         k = max(1, round(self.fraction * w.numel()))
@@ -207,8 +217,9 @@ class UpdateRMS(_UpdateMonitor):
     """``rms(w_t - w_{t-1}) = ||w_t - w_{t-1}|| / sqrt(n)`` per parameter tensor. History:
     ``step`` and one list per parameter name."""
 
-    def measure(self, step: int, names: Sequence[str], before: Sequence[Tensor],
-                after: Sequence[Tensor]) -> None:
+    def measure(
+        self, step: int, names: Sequence[str], before: Sequence[Tensor], after: Sequence[Tensor]
+    ) -> None:
         rms = {
             name: float((a - b).float().pow(2).mean().sqrt())
             for name, b, a in zip(names, before, after, strict=True)
@@ -240,11 +251,11 @@ class WeightNorms(Monitor):
             values[f"{name}:fixed_point"] = None if math.isinf(star) else star
         self._add(**when, **values)
 
-    def on_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                loss: float) -> None:
+    def on_step(
+        self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, loss: float
+    ) -> None:
         if self.every_steps is not None and self._due(step):
             self._record(model, optimizer, epoch=None, step=step)
 
-    def on_epoch_end(self, epoch: int, model: nn.Module,
-                     optimizer: torch.optim.Optimizer) -> None:
+    def on_epoch_end(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self._record(model, optimizer, epoch=epoch, step=None)

@@ -19,8 +19,9 @@ from geoptim.analysis.spectrum import gaussian_smoothing
 DENSITY_FLOOR = 1e-6
 
 
-def density_grid(records: Sequence[Mapping[str, Any]], grid_size: int = 600,
-                 sigma_rel: float = 0.01) -> tuple[np.ndarray, np.ndarray, float]:
+def density_grid(
+    records: Sequence[Mapping[str, Any]], grid_size: int = 600, sigma_rel: float = 0.01
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Every record's SLQ density smoothed on one grid spanning all their nodes: ``(grid,
     densities (records x grid), sigma)`` with ``sigma = sigma_rel * span``."""
     nodes = [torch.tensor(r["nodes"], dtype=torch.float64) for r in records]
@@ -35,8 +36,7 @@ def density_grid(records: Sequence[Mapping[str, Any]], grid_size: int = 600,
     return grid.numpy(), torch.stack(densities).numpy(), sigma
 
 
-def plot_curvature(records: Sequence[Mapping[str, Any]], path: str | Path,
-                   title: str = "") -> Path:
+def plot_curvature(records: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
     """Three panels: the eigenvalue density of every recorded epoch (log density axis, one
     curve per epoch, as figure 1 of the LPSGD paper), the same as an epoch x eigenvalue map,
     and the anisotropy ``lambda_max / mean|lambda|`` with ``lambda_max`` over training."""
@@ -54,9 +54,13 @@ def plot_curvature(records: Sequence[Mapping[str, Any]], path: str | Path,
     ax.legend(fontsize=8)
 
     ax = axes[1]
-    mesh = ax.pcolormesh(grid, np.arange(len(epochs)),
-                         np.log10(np.maximum(densities, DENSITY_FLOOR)), shading="nearest",
-                         cmap="magma")
+    mesh = ax.pcolormesh(
+        grid,
+        np.arange(len(epochs)),
+        np.log10(np.maximum(densities, DENSITY_FLOOR)),
+        shading="nearest",
+        cmap="magma",
+    )
     ax.set_yticks(np.arange(len(epochs)), [str(e) for e in epochs])
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("epoch")
@@ -64,13 +68,17 @@ def plot_curvature(records: Sequence[Mapping[str, Any]], path: str | Path,
     fig.colorbar(mesh, ax=ax)
 
     ax = axes[2]
-    ax.semilogy(epochs, [r["anisotropy"] for r in records], "o-", color="C3",
-                label="anisotropy  λmax / mean|λ|")
+    ax.semilogy(
+        epochs,
+        [r["anisotropy"] for r in records],
+        "o-",
+        color="C3",
+        label="anisotropy  λmax / mean|λ|",
+    )
     ax.set_xlabel("epoch")
     ax.set_ylabel("anisotropy (log)", color="C3")
     twin = ax.twinx()
-    twin.plot(epochs, [r["top_eigenvalues"][0] for r in records], "s--", color="C0",
-              label="λmax")
+    twin.plot(epochs, [r["top_eigenvalues"][0] for r in records], "s--", color="C0", label="λmax")
     twin.plot(epochs, [-r["lambda_min"] for r in records], "^:", color="C2", label="-λmin (SLQ)")
     twin.set_ylabel("eigenvalue")
     lines = ax.get_legend_handles_labels()
@@ -98,8 +106,12 @@ def _smooth(values: Sequence[float], window: int) -> np.ndarray:
     return np.convolve(array, np.ones(window) / window, mode="same")
 
 
-def plot_momentum_tracing(runs: Mapping[str, Mapping[str, Mapping[str, list[Any]]]],
-                          path: str | Path, title: str = "", window: int = 15) -> Path:
+def plot_momentum_tracing(
+    runs: Mapping[str, Mapping[str, Mapping[str, list[Any]]]],
+    path: str | Path,
+    title: str = "",
+    window: int = 15,
+) -> Path:
     """Three panels, one line per run (``{label: {"tracing": ..., "quantile": ...,
     "cosine": ...}}`` monitor histories), as figure 2 of the SepNorm paper: cumulative count of
     BatchNorm biases hit by momentum tracing, the 95% quantile of ``|w|``, and the cosine between
@@ -109,10 +121,13 @@ def plot_momentum_tracing(runs: Mapping[str, Mapping[str, Mapping[str, list[Any]
         color = f"C{i}"
         tracing = run["tracing"]
         axes[0].plot(tracing["step"], np.cumsum(tracing["bn_bias"]), color=color, label=label)
-        axes[1].plot(run["quantile"]["step"], run["quantile"]["quantile"], color=color,
-                     label=label)
-        axes[2].plot(run["cosine"]["step"], _smooth(run["cosine"]["cosine"], window),
-                     color=color, label=label)
+        axes[1].plot(run["quantile"]["step"], run["quantile"]["quantile"], color=color, label=label)
+        axes[2].plot(
+            run["cosine"]["step"],
+            _smooth(run["cosine"]["cosine"], window),
+            color=color,
+            label=label,
+        )
     axes[0].set_title("momentum tracing: BN biases (cumulative)")
     axes[0].set_ylabel("count")
     axes[1].set_title("95% quantile of |w|")

@@ -54,8 +54,9 @@ class Tridiagonal:
         return torch.linalg.eigh(matrix)
 
 
-def _rademacher(size: int, generator: torch.Generator, dtype: torch.dtype,
-                device: torch.device) -> Tensor:
+def _rademacher(
+    size: int, generator: torch.Generator, dtype: torch.dtype, device: torch.device
+) -> Tensor:
     bits = torch.randint(0, 2, (size,), generator=generator, device=device)
     return (2 * bits - 1).to(dtype)
 
@@ -175,8 +176,9 @@ def top_eigenpairs(
         theta, _, _, error = residuals(t)
         return bool((error <= tol * theta.abs().clamp_min(1e-30)).all())
 
-    start = _rademacher(operator.size, _generator(seed, operator.device), operator.dtype,
-                        operator.device)
+    start = _rademacher(
+        operator.size, _generator(seed, operator.device), operator.dtype, operator.device
+    )
     t = lanczos(operator, start, max(max_iter, k), stop=done)
     theta, s, res, _ = residuals(t)
     vectors = s.T.to(t.basis.dtype) @ t.basis
@@ -266,8 +268,9 @@ def hessian_trace(
 ) -> TraceEstimate:
     """Hutchinson's estimate of the Hessian trace; see :func:`trace_estimate`."""
     operator = HessianOperator(model, loss_fn, data, dtype=dtype, method=method)
-    return trace_estimate(operator, rtol=rtol, min_samples=min_samples,
-                          max_samples=max_samples, seed=seed)
+    return trace_estimate(
+        operator, rtol=rtol, min_samples=min_samples, max_samples=max_samples, seed=seed
+    )
 
 
 # ---------------------------------------------------------------------------- density
@@ -337,11 +340,16 @@ def spectral_density(
     if sigma is None:
         sigma = sigma_rel * (span if span > 0 else max(float(all_nodes.abs().max()), 1.0))
     grid = torch.linspace(
-        float(all_nodes.min()) - 5 * sigma, float(all_nodes.max()) + 5 * sigma, grid_size,
+        float(all_nodes.min()) - 5 * sigma,
+        float(all_nodes.max()) + 5 * sigma,
+        grid_size,
         dtype=torch.float64,
     )
     return SpectralDensity(
-        all_nodes, all_weights, grid, gaussian_smoothing(all_nodes, all_weights, grid, sigma),
+        all_nodes,
+        all_weights,
+        grid,
+        gaussian_smoothing(all_nodes, all_weights, grid, sigma),
         sigma,
     )
 
@@ -362,5 +370,12 @@ def hessian_density(
 ) -> SpectralDensity:
     """The Hessian's eigenvalue density by SLQ; see :func:`spectral_density`."""
     operator = HessianOperator(model, loss_fn, data, dtype=dtype, method=method)
-    return spectral_density(operator, n_probes=n_probes, steps=steps, seed=seed, sigma=sigma,
-                            sigma_rel=sigma_rel, grid_size=grid_size)
+    return spectral_density(
+        operator,
+        n_probes=n_probes,
+        steps=steps,
+        seed=seed,
+        sigma=sigma,
+        sigma_rel=sigma_rel,
+        grid_size=grid_size,
+    )

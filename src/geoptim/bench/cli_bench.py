@@ -93,8 +93,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="count records of other geoptim versions as done and report them",
     )
     parser.add_argument("--quiet", action="store_true", help="log lines instead of a bar")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the plan with its estimated time, list the runs and stop")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan with its estimated time, list the runs and stop",
+    )
     parser.add_argument("--no-report", action="store_true", help="do not build the report")
 
 

@@ -36,8 +36,9 @@ TARGET_RULE = (
 )
 
 
-def build_report(out_dir: str | Path, suite: str | None = None,
-                 accept_other_versions: bool = False) -> Path:
+def build_report(
+    out_dir: str | Path, suite: str | None = None, accept_other_versions: bool = False
+) -> Path:
     """Write ``out_dir/report.md`` (and its figures, ``claims.json``) for the records of
     ``suite`` (:func:`~geoptim.bench.records.select_records`); return its path.
 
@@ -109,13 +110,16 @@ def values_at(series: Series, metric: str, axis: str, x: float) -> list[float]:
     return list(values[:, index]) if index >= 0 else []
 
 
-def metric_table(section: Section, metric: str, scale: float, digits: int,
-                 higher_is_better: bool) -> str | None:
+def metric_table(
+    section: Section, metric: str, scale: float, digits: int, higher_is_better: bool
+) -> str | None:
     """Rows: series; columns: checkpoints. ``None`` when the metric was not recorded."""
     axis = plots.x_axis(section)
     cols = checkpoints(section)
-    cells = {s.label: [mean_std(np.array(values_at(s, metric, axis, x)) * scale) for x in cols]
-             for s in section.series}
+    cells = {
+        s.label: [mean_std(np.array(values_at(s, metric, axis, x)) * scale) for x in cols]
+        for s in section.series
+    }
     if not cols or all(c[2] == 0 for row in cells.values() for c in row):
         return None
     header = "| optimizer | n | " + " | ".join(f"{axis} {x:g}" for x in cols) + " |"
@@ -143,8 +147,10 @@ def summary_table(section: Section) -> str | None:
     if not any(np.isfinite(s.final("test_acc")).any() for s in section.series):
         return None
     axis = plots.x_axis(section)
-    lines = ["| optimizer | n | test acc (%) | test NLL | mean test acc over the run (%) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| optimizer | n | test acc (%) | test NLL | mean test acc over the run (%) |",
+        "|---|---|---|---|---|",
+    ]
     for s in section.series:
         acc = fmt(*mean_std(s.final("test_acc") * 100)[:2], 2)
         nll = fmt(*mean_std(s.final("test_loss"))[:2], 4)
@@ -171,8 +177,10 @@ def time_to_target(section: Section) -> tuple[float, str] | None:
                 steps.append(step[hit] if hit < len(step) else math.nan)
                 seconds.append(time_s[hit] if hit < len(time_s) else math.nan)
         rate = mean_std([r.get("steps_per_s") or math.nan for r in s.records])
-        lines.append(f"| {s.label} | {len(steps)}/{s.n} | {fmt(*mean_std(steps)[:2], 0)} | "
-                     f"{fmt(*mean_std(seconds)[:2], 2)} | {fmt(*rate[:2], 0)} |")
+        lines.append(
+            f"| {s.label} | {len(steps)}/{s.n} | {fmt(*mean_std(steps)[:2], 0)} | "
+            f"{fmt(*mean_std(seconds)[:2], 2)} | {fmt(*rate[:2], 0)} |"
+        )
     return target, "\n".join(lines)
 
 
@@ -183,22 +191,27 @@ def grokking_table(section: Section) -> str | None:
     if not any(any(e is not None for e in s.extra("tau")) for s in section.series):
         return None
     tau = next(t for s in section.series for t in s.extra("tau") if t is not None)
-    lines = [f"τ = {tau}. *Steps to test ≥ τ*: Kaplan-Meier median over all runs, a run that "
-             "never got there (fitted or not) censored at its budget (“>”: more than half never "
-             "did). *Gap*: test-reach minus train-reach step of the runs that fit; “≥” counts "
-             "those whose test accuracy never reached τ (gap taken to the budget, a lower "
-             "bound). The claims test the steps to test ≥ τ (log-rank).", "",
-             "| optimizer | lr·wd | n | fit | generalised | steps to test ≥ τ | gap (steps) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"τ = {tau}. *Steps to test ≥ τ*: Kaplan-Meier median over all runs, a run that "
+        "never got there (fitted or not) censored at its budget (“>”: more than half never "
+        "did). *Gap*: test-reach minus train-reach step of the runs that fit; “≥” counts "
+        "those whose test accuracy never reached τ (gap taken to the budget, a lower "
+        "bound). The claims test the steps to test ≥ τ (log-rank).",
+        "",
+        "| optimizer | lr·wd | n | fit | generalised | steps to test ≥ τ | gap (steps) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for s in section.series:
         times, events = s.generalisation_times()
         median = stats.km_median(times, events)
         shown = f"{median:.0f}" if np.isfinite(median) else f"> {times.max():.0f}"
         gaps, observed = s.gaps()
         mark = f", {int((~observed).sum())} ≥" if (~observed).any() else ""
-        lines.append(f"| {s.label} | {claims.lr_wd(s):.3g} | {s.n} | {len(gaps)}/{s.n} | "
-                     f"{int(events.sum())}/{s.n} | {shown} | {fmt(*mean_std(gaps)[:2], 0)}"
-                     f"{mark} |")
+        lines.append(
+            f"| {s.label} | {claims.lr_wd(s):.3g} | {s.n} | {len(gaps)}/{s.n} | "
+            f"{int(events.sum())}/{s.n} | {shown} | {fmt(*mean_std(gaps)[:2], 0)}"
+            f"{mark} |"
+        )
     return "\n".join(lines)
 
 
@@ -214,30 +227,41 @@ def agr_table(section: Section) -> str | None:
             rows.append(f"| {s.label} | {n} | {fmt(mean, std, 3)} | {np.median(changes):.3%} |")
     if not rows:
         return None
-    return "\n".join(["| optimizer | runs | relative change (%) | median |", "|---|---|---|---|",
-                      *rows])
+    return "\n".join(
+        ["| optimizer | runs | relative change (%) | median |", "|---|---|---|---|", *rows]
+    )
 
 
 def quadratic_table(section: Section) -> str | None:
     if not any(any(e is not None for e in s.extra("steps_to_target")) for s in section.series):
         return None
-    target = next((t for s in section.series for t in s.extra("target_loss") if t is not None),
-                  None)
-    lines = [f"Steps until the loss first falls below {target:.3g} (reached / runs), and the final "
-             "loss.", "", "| optimizer | n | steps to target | final loss |", "|---|---|---|---|"]
+    target = next(
+        (t for s in section.series for t in s.extra("target_loss") if t is not None), None
+    )
+    lines = [
+        f"Steps until the loss first falls below {target:.3g} (reached / runs), and the final "
+        "loss.",
+        "",
+        "| optimizer | n | steps to target | final loss |",
+        "|---|---|---|---|",
+    ]
     for s in section.series:
         reached = [v for v in s.extra("steps_to_target") if v is not None]
         final = mean_std(s.final("train_loss"))
-        lines.append(f"| {s.label} | {s.n} | {fmt(*mean_std(reached)[:2], 0)} "
-                     f"({len(reached)}/{s.n}) | {final[0]:.3g} |")
+        lines.append(
+            f"| {s.label} | {s.n} | {fmt(*mean_std(reached)[:2], 0)} "
+            f"({len(reached)}/{s.n}) | {final[0]:.3g} |"
+        )
     return "\n".join(lines)
 
 
 def hparams_table(section: Section) -> str:
     lines = ["| optimizer | preset | hyper-parameters | budget |", "|---|---|---|---|"]
     for s in section.series:
-        lines.append(f"| {s.label} | {s.preset} | `{canonical_json(s.hparams)}` | "
-                     f"`{canonical_json(section.budget)}` |")
+        lines.append(
+            f"| {s.label} | {s.preset} | `{canonical_json(s.hparams)}` | "
+            f"`{canonical_json(section.budget)}` |"
+        )
     return "\n".join(lines)
 
 
@@ -296,15 +320,17 @@ def _section(section: Section, out_dir: Path) -> str:
     ttt = time_to_target(section)
     if ttt and section.task != "quadratic":
         target, table = ttt
-        parts += [f"### Time to {target:.0%} test accuracy\n", f"Rule: {TARGET_RULE}.\n", table,
-                  ""]
+        parts += [f"### Time to {target:.0%} test accuracy\n", f"Rule: {TARGET_RULE}.\n", table, ""]
     for key, members in _figure_groups(section):
         name = f"{slug}_curves{'_' + _slug(key) if key else ''}.png"
         title = f"{section.title}: learning curves" + (f" ({key} varied)" if key else "")
         if plots.learning_curves(section, members, out_dir / name, title):
             parts += [f"![{title}]({name})", ""]
-    parts += ["<details><summary>Hyper-parameters</summary>\n", hparams_table(section),
-              "\n</details>\n"]
+    parts += [
+        "<details><summary>Hyper-parameters</summary>\n",
+        hparams_table(section),
+        "\n</details>\n",
+    ]
     return "\n".join(parts)
 
 
@@ -323,30 +349,45 @@ def _analysis_section(records: list[dict], out_dir: Path) -> str:
         payload, kind = record["result"], record["config"]["kind"]
         name = f"{_slug(kind + ' ' + record['task_label'] + ' ' + record['label'])}.png"
         if kind == "curvature":
-            plot_curvature(payload["records"], out_dir / name,
-                           title=curvature_title(payload["config"]))
-            rows = ["| epoch | top eigenvalues | trace ± SE | λmax / mean\\|λ\\| | λmin |",
-                    "| --- | --- | --- | --- | --- |"]
+            plot_curvature(
+                payload["records"], out_dir / name, title=curvature_title(payload["config"])
+            )
+            rows = [
+                "| epoch | top eigenvalues | trace ± SE | λmax / mean\\|λ\\| | λmin |",
+                "| --- | --- | --- | --- | --- |",
+            ]
             rows += [
                 f"| {e['epoch']} | {', '.join(f'{v:.3g}' for v in e['top_eigenvalues'])} | "
                 f"{e['trace']:.3g} ± {e['trace_std_error']:.2g} | {e['anisotropy']:.3g} | "
                 f"{e['lambda_min']:.3g} |"
                 for e in payload["records"]
             ]
-            parts += [f"### Hessian spectrum over training: {record['task_label']}, "
-                      f"{record['label']} (seed {record['seed']})\n", "\n".join(rows), "",
-                      f"![curvature]({name})", ""]
+            parts += [
+                f"### Hessian spectrum over training: {record['task_label']}, "
+                f"{record['label']} (seed {record['seed']})\n",
+                "\n".join(rows),
+                "",
+                f"![curvature]({name})",
+                "",
+            ]
         elif kind == "momentum_tracing":
             runs = payload["runs"]
             plot_momentum_tracing(runs, out_dir / name, title=tracing_title(payload["config"]))
-            rows = ["| run | BN-bias tracing events | other parameters | q95 \\|w\\| | test acc |",
-                    "| --- | --- | --- | --- | --- |"]
+            rows = [
+                "| run | BN-bias tracing events | other parameters | q95 \\|w\\| | test acc |",
+                "| --- | --- | --- | --- | --- |",
+            ]
             rows += [
                 f"| {label} | {run['summary']['bn_bias_total']} | "
                 f"{run['summary']['other_total']} | {run['summary']['quantile_final']:.3f} | "
                 f"{run['final'].get('test_acc', math.nan):.3f} |"
                 for label, run in runs.items()
             ]
-            parts += [f"### Momentum tracing: {record['label']} (seed {record['seed']})\n",
-                      "\n".join(rows), "", f"![momentum tracing]({name})", ""]
+            parts += [
+                f"### Momentum tracing: {record['label']} (seed {record['seed']})\n",
+                "\n".join(rows),
+                "",
+                f"![momentum tracing]({name})",
+                "",
+            ]
     return "\n".join(parts)
