@@ -4,7 +4,7 @@
 # Pass pytest arguments through, e.g. `bash scripts/test.sh -m slow` for the slow tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh test
 .venv/bin/ruff check src tests scripts
 .venv/bin/ruff format --check src tests scripts
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir build/site
