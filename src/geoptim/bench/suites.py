@@ -334,7 +334,8 @@ def _variants(
     exp: Experiment, task: Any, budget: dict[str, Any], base: dict[str, Any]
 ) -> list[Variant]:
     if exp.lr_wd:
-        return [{"weight_decay": value / float(base["lr"])} for value in exp.lr_wd]
+        # rounded to 12 significant digits: 5e-3 / 0.1 is 0.05, not 0.049999999999999996
+        return [{"weight_decay": float(f"{value / float(base['lr']):.12g}")} for value in exp.lr_wd]
     return [
         variant(task, budget) if callable(variant) else dict(variant) for variant in exp.variants
     ]

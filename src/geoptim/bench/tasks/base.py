@@ -95,7 +95,13 @@ class Task:
         ``"sgdm_rms"``, which replays its paired LPSGDM run first)."""
         steps, checkpoints = self.budget_steps(budget)
         runs = 2 if optimizer == "sgdm_rms" else 1
-        return runs * (steps * self.STEP_SECONDS + (checkpoints + 1) * self.EVAL_SECONDS)
+        step_s, eval_s = self.costs()
+        return runs * (steps * step_s + (checkpoints + 1) * eval_s)
+
+    def costs(self) -> tuple[float, float]:
+        """Measured single-thread seconds per optimizer step and per checkpoint for these
+        options (the class constants; a task whose options change the cost overrides this)."""
+        return self.STEP_SECONDS, self.EVAL_SECONDS
 
     def run(
         self,
