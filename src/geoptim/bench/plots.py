@@ -234,8 +234,16 @@ def forest(rows: Sequence[ClaimRow], path: Path, title: str) -> bool:
             for v in (row.low, row.high, row.paper_effect, row.margin, -row.margin)
             if np.isfinite(v)
         ]
-        pad = 0.05 * (max(ends) - min(ends))
-        left, right = min(ends) - pad, max(ends) + pad
+        # A few huge effects (a control that barely trains) would squash every other row: the
+        # axis spans the paper's scale and most intervals, and a row beyond it is drawn as an
+        # arrow at the edge, labelled with its effect.
+        scales = [abs(row.paper_effect) for row in chosen if np.isfinite(row.paper_effect)]
+        span = max([*scales, 0.0]) * 4
+        bounds = [v for row in chosen for v in (row.low, row.high) if np.isfinite(v)]
+        span = max(span, 5 * float(np.median(np.abs(bounds or [0.0]))))
+        left, right = max(min(ends), -span), min(max(ends), span)
+        pad = 0.05 * (right - left)
+        left, right = left - pad, right + pad
         for k, row in enumerate(chosen):
             colour = colours.get(row.verdict, "black")
             ax.fill_between(
@@ -244,7 +252,22 @@ def forest(rows: Sequence[ClaimRow], path: Path, title: str) -> bool:
             low, high = max(row.low, left), min(row.high, right)
             unbounded = not (np.isfinite(row.low) and np.isfinite(row.high))
             ax.plot([low, high], [k, k], color=colour, lw=2, ls=":" if unbounded else "-")
-            ax.plot(row.effect, k, "o", color=colour, ms=5)
+            if left <= row.effect <= right:
+                ax.plot(row.effect, k, "o", color=colour, ms=5)
+            else:
+                edge, marker, align = (
+                    (right, ">", "right") if row.effect > right else (left, "<", "left")
+                )
+                ax.plot(edge, k, marker, color=colour, ms=7)
+                ax.annotate(
+                    f"{row.effect:+.3g}",
+                    (edge, k),
+                    xytext=(-8 if align == "right" else 8, 4),
+                    textcoords="offset points",
+                    ha=align,
+                    fontsize=7,
+                    color=colour,
+                )
             ax.plot(row.paper_effect, k, "D", color="black", ms=4, mfc="none")
         ax.axvline(0, color="black", lw=0.8)
         ax.set_xlim(left, right)
