@@ -272,7 +272,12 @@ class CharLMTask(TrainableTask):
     def make_data(self, seed: int) -> CharData:
         (train, val, test), _ = stdlib_splits(self.block)
         return CharData(
-            train, val, test, context=self.context, batch_size=self.batch_size, seed=seed,
+            train,
+            val,
+            test,
+            context=self.context,
+            batch_size=self.batch_size,
+            seed=seed,
             eval_chars=self.eval_chars,
         )
 

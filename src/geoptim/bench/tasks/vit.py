@@ -89,9 +89,7 @@ class ViTTask(TrainableTask):
         return {"quick": {"epochs": 20}, "full": {"epochs": 100}}
 
     def _build_model(self) -> nn.Module:
-        return TinyViT(
-            8, 1, self.patch, 10, self.d_model, self.n_heads, self.n_layers, self.d_mlp
-        )
+        return TinyViT(8, 1, self.patch, 10, self.d_model, self.n_heads, self.n_layers, self.d_mlp)
 
     def make_data(self, seed: int) -> TensorData:
         (x_tr, y_tr), (x_te, y_te) = load_digits_split()
