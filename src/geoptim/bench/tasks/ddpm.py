@@ -69,7 +69,10 @@ NOISE_SEED = 12345  # the fixed noise of the evaluation losses
 
 
 def linear_betas(steps: int) -> torch.Tensor:
-    """Ho et al.'s linear schedule rescaled to ``steps`` steps (float64; see module doc)."""
+    """Ho et al.'s linear schedule rescaled to ``steps`` steps (float64; see module doc). Its last
+    beta is ``20 / steps``, so it needs more than 20 steps."""
+    if steps <= 20:
+        raise ValueError(f"the rescaled linear schedule needs more than 20 steps, got {steps}")
     scale = 1000.0 / steps
     return torch.linspace(1e-4 * scale, 0.02 * scale, steps, dtype=torch.float64)
 
@@ -385,6 +388,7 @@ class DDPMTask(TrainableTask):
 
     def __post_init__(self) -> None:
         check_choice("dataset", self.dataset, DATASETS)
+        linear_betas(self.diffusion_steps)  # checks the number of steps
         if self.width is None:
             self.width = 256 if self.dataset == "digits" else 128
 
