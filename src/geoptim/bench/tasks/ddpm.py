@@ -394,7 +394,7 @@ class DDPMTask(TrainableTask):
 
     def _budgets(self) -> dict[str, dict[str, Any]]:
         return {
-            "quick": {"steps": 2000, "eval_every": 500},
+            "quick": {"steps": 3000, "eval_every": 1000},
             "full": {"steps": 20000, "eval_every": 2000},
         }
 
