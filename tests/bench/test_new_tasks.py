@@ -79,6 +79,22 @@ def test_data_without_network(no_network: None) -> None:
     assert tasks.get_task("vit").make_data(0).x_train.shape[1:] == (1, 8, 8)
 
 
+def test_data_fixed_across_seeds_and_hashed() -> None:
+    """The splits do not depend on the run seed; the data hash changes with the data."""
+    small = {"n_train": 300, "n_eval": 100}
+    for name, options, changed in (
+        ("charlm", {}, {"block": 2048}),
+        ("ddpm", small, {"data_seed": 1}),
+        ("ddpm", small, {"diffusion_steps": 50}),
+    ):
+        task = tasks.get_task(name, **options)
+        first, other = task.make_data(0), task.make_data(7)
+        assert first.data_hash() == other.data_hash()
+        assert (
+            first.data_hash() != tasks.get_task(name, **options, **changed).make_data(0).data_hash()
+        )
+
+
 # ---------------------------------------------------------------- charlm
 
 

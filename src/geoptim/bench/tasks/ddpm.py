@@ -325,8 +325,8 @@ class DiffusionData:
         return self.fixed_noisy_batch(self.splits["train"][:n])
 
     def data_hash(self) -> str:
-        """A 16-hex-digit SHA-256 prefix of the three splits."""
-        digest = hashlib.sha256()
+        """A 16-hex-digit SHA-256 prefix of the three splits and the noise schedule."""
+        digest = hashlib.sha256(self.betas.numpy().tobytes())
         for name, x in self.splits.items():
             digest.update(f"{name}:{tuple(x.shape)};".encode())
             digest.update(x.cpu().contiguous().numpy().tobytes())
