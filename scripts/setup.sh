@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup: a virtual environment at .venv, the CPU build of torch 2.13.0 first (any other
-# torch requirement would pull the CUDA build), then geoptim in editable mode with its test extras.
+# torch requirement would pull the CUDA build), then geoptim in editable mode with its test extra
+# (which brings the bench, analysis and docs extras, transformers, lightning, build and twine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

@@ -25,11 +25,19 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from geoptim._stats import Layout, is_dtensor, layout_of, local, sharded
+from geoptim._stats import is_dtensor, layout_of, local, parameter_labels, sharded
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+#: The implementation flags every param group holds, with their defaults.
+IMPLEMENTATION_DEFAULTS = {
+    "maximize": False,
+    "foreach": None,
+    "fused": None,
+    "differentiable": False,
+}
 
 
 # ---------------------------------------------------------------- argument checks (constructor)
@@ -42,6 +50,18 @@ def check_nonnegative(name: str, value: float) -> float:
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+def check_lr(lr: float | Tensor) -> float | Tensor:
+    """A finite learning rate >= 0: a number, or a one-element tensor kept as it is (as in
+    ``torch.optim``: a scheduler then updates it in place, and a compiled step reads its value
+    without recompiling)."""
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
+        check_nonnegative("lr", lr.item())
+        return lr
+    return check_nonnegative("lr", lr)
 
 
 def check_unit_interval(name: str, value: float) -> float:
@@ -86,19 +106,61 @@ def write_back(targets: Sequence[Tensor], working: Sequence[Tensor]) -> None:
 # ---------------------------------------------------------------- the optimizer skeleton
 
 
+def scalar_dtype() -> torch.dtype:
+    """The dtype of ``state["step"]``: float64 under a float64 default dtype, else float32
+    (as in ``torch.optim``)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
 class GeoOptimizer(Optimizer):
     """Base class: closure handling, gradient collection, lazy state, the step counter.
 
-    Every parameter's state holds ``step`` (a float32 scalar tensor, as in ``torch.optim``),
-    incremented each time the parameter is updated. Parameters whose ``grad`` is ``None`` are
-    skipped; sparse gradients raise. ``p.grad`` is never modified.
+    Every parameter's state holds ``step`` (a scalar tensor of :func:`scalar_dtype`, as in
+    ``torch.optim``), incremented each time the parameter is updated. Parameters whose ``grad``
+    is ``None`` are skipped; sparse gradients raise. ``p.grad`` is never modified. A complex
+    parameter is updated exactly as its ``torch.view_as_real`` would be (its state stays complex).
+
+    Every param group holds the implementation flags ``maximize``, ``foreach``, ``fused``
+    (:func:`geoptim._compiled.kernel_mode`) and ``differentiable`` (only ``False``: the fused
+    kernels and the in-place reference kernels are not differentiable).
     """
 
-    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
-        defaults = {"maximize": False, "foreach": None, **defaults}
-        if defaults["foreach"] not in (None, True, False):
-            raise ValueError(f"foreach must be None, True or False, got {defaults['foreach']!r}")
-        super().__init__(params, defaults)
+    def __init__(
+        self,
+        params: ParamsT,
+        defaults: dict[str, Any],
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        differentiable: bool = False,
+    ) -> None:
+        flags = {"maximize": maximize, "foreach": foreach, "fused": fused}
+        super().__init__(params, {**defaults, **flags, "differentiable": differentiable})
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        for flag in ("foreach", "fused"):
+            if group[flag] not in (None, True, False):
+                raise ValueError(f"{flag} must be None, True or False, got {group[flag]!r}")
+        if group["differentiable"]:
+            raise ValueError(
+                f"{type(self).__name__} does not support differentiable=True: its kernels "
+                "update the parameters in place under torch.no_grad()"
+            )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Back-fill what older or foreign state dicts lack: the implementation flags of every
+        group (torch's defaults) and tensor ``step`` counters."""
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in IMPLEMENTATION_DEFAULTS.items():
+                group.setdefault(key, value)
+        for param_state in self.state.values():
+            step = param_state.get("step")
+            if step is not None and not isinstance(step, Tensor):
+                param_state["step"] = torch.tensor(float(step), dtype=scalar_dtype())
 
     # -- to implement
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
@@ -116,15 +178,14 @@ class GeoOptimizer(Optimizer):
     # -- shared
     def _collect(
         self, group: dict[str, Any]
-    ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]], list[Layout]]:
-        """The group's parameters that have a gradient, their gradients, their states and their
-        layouts (:func:`geoptim._stats.layout_of`).
+    ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
+        """The group's parameters that have a gradient, their gradients and their states.
 
         For DTensor parameters (FSDP2), state is created like the parameter (so distributed
         checkpointing sees DTensors), and the lists hold this rank's local shards: the kernels
         update them in place, and :mod:`geoptim._stats` reduces their statistics across ranks.
         """
-        params, grads, states, layouts = [], [], [], []
+        params, grads, states = [], [], []
         for param in group["params"]:
             if param.grad is None:
                 continue
@@ -135,29 +196,40 @@ class GeoOptimizer(Optimizer):
                 )
             state = self.state[param]
             if not state:
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
                 self._init_state(param, state, group)
             state["step"] += 1
-            layouts.append(layout_of(param))
             grad = param.grad
             if is_dtensor(param):
                 param, grad, state = param.to_local(), grad.to_local(), local_state(state)
+            if param.is_complex():
+                param, grad, state = as_real(param), as_real(grad), as_real_state(state)
             params.append(param)
             grads.append(-grad if group["maximize"] else grad)
             states.append(state)
-        return params, grads, states, layouts
+        return params, grads, states
 
-    def _step_groups(self) -> None:
-        for group in self.param_groups:
-            params, grads, states, layouts = self._collect(group)
-            if not params:
-                continue
+    def _step_groups(self, **update_kwargs: Any) -> None:
+        for index, group in enumerate(self.param_groups):
+            params, grads, states = self._collect(group)
+            layouts = [layout_of(p) for p in group["params"]]
+            present = labels = None
             if any(layouts):
                 # Sharded tensors take the multi-tensor path: every rank must reduce the same
-                # statistics, and the fused kernels pick tensors by their (local) size.
+                # statistics, and the fused kernels pick tensors by their (local) size. A rank
+                # without gradients still takes part in the reductions (other ranks may have
+                # some): the single-tensor kernels take empty lists and reduce what the others do.
+                if not any(p.requires_grad for p in group["params"]):
+                    continue
                 group = {**group, "fused": False}
-            with sharded(layouts):
-                self._update(group, params, grads, states)
+                if not params:
+                    group["foreach"] = False
+                present = [p.grad is not None for p in group["params"]]
+                labels = parameter_labels(group, f"param group {index}, ")
+            elif not params:
+                continue
+            with sharded(layouts, present, labels):
+                self._update(group, params, grads, states, **update_kwargs)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -173,3 +245,13 @@ class GeoOptimizer(Optimizer):
 def local_state(state: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``state`` with every DTensor replaced by its local shard (same storage)."""
     return {key: local(value) for key, value in state.items()}
+
+
+def as_real(tensor: Tensor) -> Tensor:
+    """A complex tensor as its real view (``torch.view_as_real``); any other tensor itself."""
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+
+
+def as_real_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``state`` with every complex tensor replaced by its real view."""
+    return {key: as_real(v) if isinstance(v, Tensor) else v for key, v in state.items()}

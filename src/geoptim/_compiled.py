@@ -22,6 +22,18 @@ Which tensors take the fused path (:func:`fusable`): CPU, float32 or float64, co
 elements (every non-empty one by default). The others, and every tensor when no compiler is
 found or the build fails, take the multi-tensor path, which computes the same update; so
 ``fused=True`` always works.
+
+The cache holds code that runs in your process, so it must be yours alone. It is
+``$GEOPTIM_CACHE`` if set, else ``$XDG_CACHE_HOME/geoptim`` (default ``~/.cache/geoptim``), else,
+when that cannot be created (read-only or no home), ``geoptim-<uid>`` in the temporary directory.
+It is created with mode 0700, and used only if it is owned by the current user and not group- or
+world-writable; otherwise it is refused (with a warning) and the library is built for the
+process alone, in a private temporary directory. A cached library is loaded only if it is a
+regular file (not a symbolic link) owned by the user and not group- or world-writable (checked
+on the descriptor it is loaded through); otherwise it is rebuilt and replaced atomically.
+``GEOPTIM_NO_BUILD=1`` never runs the compiler: a cached library that passes the checks is still
+used, else the multi-tensor path. Any failure to build, load or bind the library leaves the
+multi-tensor path in use, with one warning.
 """
 
 from __future__ import annotations
@@ -31,18 +43,20 @@ import ctypes
 import hashlib
 import os
 import platform
+import secrets
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
 import warnings
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 #: Smaller tensors take the multi-tensor path. One fused call serves every tensor of a group, so
 #: its fixed cost does not grow with the number of tensors and even small ones pay.
@@ -163,8 +177,8 @@ static void parallel(const args_t *a, body_t body, int nthreads) {
 #define LERP_SMALL(w) (fabs((double)(w)) < 0.5)
 /* x.add_(y, alpha=c), as ATen vectorises it: fma(y, c, x). */
 #define ADD(x, y, c) FMA((y), (c), (x))
-/* torch.sign: 0 for 0 and NaN. */
-#define SIGN(T, u) ((T)((u) > 0) - (T)((u) < 0))
+/* sign(u) + 0 u: 0 for 0, NaN for NaN and +-inf (torch.sign gives 0 for NaN). */
+#define SIGN(T, u) ((T)((u) > 0) - (T)((u) < 0) + (u) * 0)
 /* One loop per variant, so that every loop is branch-free and vectorises. */
 #define INTERP_LOOP(D)                                                                      \
     for (int64_t i = lo; i < hi; i++) {                                                     \
@@ -283,24 +297,189 @@ _VARIANTS = [
     ["-march=native", "-lm"],
     ["-lm"],
 ]
+_KERNELS = ("interp", "split", "scaled", "lp", "adan", "agr")
 
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _tried = False
+#: Descriptors of the loaded library files, never closed: each library is loaded through
+#: ``/proc/self/fd/N``, and the loader would take a later file opened as the same ``N`` for the
+#: one already loaded under that name.
+_pinned: list[int] = []
 
 
-def _cache_dir() -> Path:
-    """``$GEOPTIM_CACHE``, else ``~/.cache/geoptim``, else the temporary directory."""
-    for candidate in (os.environ.get("GEOPTIM_CACHE"), Path.home() / ".cache" / "geoptim"):
-        if candidate:
-            path = Path(candidate)
+class Unavailable(Exception):
+    """The fused library can neither be loaded nor built; the message says why."""
+
+
+#: What loading or building can raise; each leaves the multi-tensor path in use.
+_LOAD_ERRORS = (OSError, AttributeError, ValueError, Unavailable, subprocess.SubprocessError)
+
+
+def cache_candidates() -> list[Path]:
+    """The cache directories to try, in order: ``$GEOPTIM_CACHE`` alone if set; else
+    ``$XDG_CACHE_HOME/geoptim`` (or ``~/.cache/geoptim``), then ``geoptim-<uid>`` in the
+    temporary directory for when that cannot be created (read-only or no home)."""
+    explicit = os.environ.get("GEOPTIM_CACHE")
+    if explicit:
+        return [Path(explicit)]
+    candidates = []
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    with contextlib.suppress(RuntimeError, KeyError):  # no home: arbitrary-uid containers
+        base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+        candidates.append(base / "geoptim")
+    return [*candidates, Path(tempfile.gettempdir()) / f"geoptim-{os.geteuid()}"]
+
+
+def library_name() -> str:
+    """The library's file name in the cache, specific to the source, flags and CPU."""
+    return f"geoptim-fused-{_host_key()}.so"
+
+
+def _unsafe(info: os.stat_result) -> str | None:
+    """Why a file or directory with status ``info`` may hold code another user wrote."""
+    if info.st_uid != os.geteuid():
+        return f"owned by uid {info.st_uid}, not {os.geteuid()}"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"group- or world-writable (mode {stat.filemode(info.st_mode)})"
+    return None
+
+
+def _open_cache(notes: list[str]) -> tuple[int, Path] | None:
+    """A descriptor of the first cache directory that exists or can be created (mode 0700),
+    and its path; ``None`` (with a note) when it is not ours alone. Every later access goes
+    through the descriptor, so the path cannot be switched under us once checked."""
+    for path in cache_candidates():
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        reason = _unsafe(os.fstat(fd))
+        if reason is None:
+            return fd, path
+        os.close(fd)
+        notes.append(f"cache directory {path} refused: {reason}")
+        return None
+    notes.append("no cache directory could be created")
+    return None
+
+
+def _load(dir_fd: int, name: str) -> ctypes.CDLL:
+    """Load library ``name`` of the directory ``dir_fd`` if it is a regular file (not a
+    symbolic link) of ours that no one else can write, and bind its kernels. The file checked is
+    the file loaded (one descriptor for both). Raises ``OSError`` (missing, a link, not loadable),
+    :class:`Unavailable` (unsafe) or ``AttributeError`` (a kernel missing)."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        info = os.fstat(fd)
+        reason = "not a regular file" if not stat.S_ISREG(info.st_mode) else _unsafe(info)
+        if reason is not None:
+            raise Unavailable(f"{name} is {reason}")
+        library = ctypes.CDLL(f"/proc/self/fd/{fd}")
+    except BaseException:
+        os.close(fd)
+        raise
+    _pinned.append(fd)
+    for kernel in _KERNELS:
+        for suffix in FUSED_DTYPES.values():
+            fn = getattr(library, f"geoptim_{kernel}_{suffix}")
+            fn.restype = None
+            fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                           ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]  # fmt: skip
+    return library
+
+
+def _compile(directory: Path) -> str:
+    """Compile :data:`SOURCE` in ``directory``; the library's file name there."""
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None:
+        raise Unavailable("no C compiler found")
+    source = directory / "geoptim-fused.c"
+    source.write_text(SOURCE)
+    for variant in _VARIANTS:
+        command = [compiler, *_BASE_FLAGS, str(source), "-o", str(directory / "out.so"), *variant]
+        result = subprocess.run(command, capture_output=True, timeout=120)
+        if result.returncode == 0:
+            return "out.so"
+    raise Unavailable(f"the C compiler failed: {result.stderr.decode(errors='replace')[-300:]}")
+
+
+def _install(build: Path, built: str, cache_fd: int, name: str) -> None:
+    """Copy the new library into the cache under ``name``, atomically (a concurrent build's
+    copy is replaced by an identical one)."""
+    partial = f"{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(partial, flags, 0o600, dir_fd=cache_fd)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write((build / built).read_bytes())
+        os.replace(partial, name, src_dir_fd=cache_fd, dst_dir_fd=cache_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial, dir_fd=cache_fd)
+        raise
+
+
+def _load_or_build(notes: list[str]) -> ctypes.CDLL:
+    """The cached library if it passes :func:`_load`'s checks, else a new build: installed in
+    the cache and loaded from there, or loaded from its private build directory when there is
+    no usable cache."""
+    if platform.system() != "Linux":
+        raise Unavailable("fused kernels are built on Linux only")
+    name = library_name()
+    cache_fd, cache_dir = _open_cache(notes) or (None, None)
+    try:
+        if cache_fd is not None:
             try:
-                path.mkdir(parents=True, exist_ok=True)
-                if os.access(path, os.W_OK):
-                    return path
-            except OSError:
-                continue
-    return Path(tempfile.gettempdir())
+                return _load(cache_fd, name)
+            except FileNotFoundError:
+                pass
+            except (OSError, AttributeError, Unavailable) as exc:
+                notes.append(f"cached library {os.path.join(cache_dir, name)} not used ({exc})")
+        if os.environ.get("GEOPTIM_NO_BUILD") == "1":
+            raise Unavailable("GEOPTIM_NO_BUILD=1 and no usable cached library")
+        with tempfile.TemporaryDirectory(prefix="geoptim-build-") as build:
+            built = _compile(Path(build))
+            if cache_fd is not None:
+                try:
+                    _install(Path(build), built, cache_fd, name)
+                    return _load(cache_fd, name)
+                except OSError as exc:
+                    notes.append(f"could not write the cache ({exc})")
+            build_fd = os.open(build, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                return _load(build_fd, built)
+            finally:
+                os.close(build_fd)
+    finally:
+        if cache_fd is not None:
+            os.close(cache_fd)
+
+
+def library() -> ctypes.CDLL | None:
+    """The fused kernels' library, loaded or built on first use; ``None`` if that fails. At
+    most one warning per process: when the library is unavailable (every optimizer then uses
+    its multi-tensor path), or when the cache was refused or a cached library replaced."""
+    global _library, _tried
+    with _lock:
+        if not _tried:
+            _tried = True
+            notes: list[str] = []
+            try:
+                _library = _load_or_build(notes)
+            except _LOAD_ERRORS as exc:
+                notes.insert(0, str(exc) if isinstance(exc, Unavailable) else repr(exc))
+            if _library is None:
+                notes.append("using the multi-tensor path")
+            if notes:
+                state = "unavailable" if _library is None else "loaded"
+                warnings.warn(
+                    f"geoptim: fused kernels {state}: {'; '.join(notes)}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+    return _library
 
 
 def _host_key() -> str:
@@ -314,80 +493,16 @@ def _host_key() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _build() -> ctypes.CDLL | None:
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if compiler is None or platform.system() != "Linux":
-        return None
-    directory = _cache_dir()
-    target = directory / f"geoptim-fused-{_host_key()}.so"
-    if not target.exists():
-        source = directory / f"geoptim-fused-{os.getpid()}.c"
-        source.write_text(SOURCE)
-        try:
-            for variant in _VARIANTS:
-                partial = directory / f"geoptim-fused-{os.getpid()}.so"
-                command = [compiler, *_BASE_FLAGS, str(source), "-o", str(partial), *variant]
-                result = subprocess.run(command, capture_output=True, timeout=120)
-                if result.returncode == 0:
-                    os.replace(partial, target)  # atomic: concurrent builds are harmless
-                    break
-            else:
-                return None
-        finally:
-            source.unlink(missing_ok=True)
-    library = ctypes.CDLL(str(target))
-    for name in ("interp", "split", "scaled", "lp", "adan", "agr"):
-        for suffix in FUSED_DTYPES.values():
-            fn = getattr(library, f"geoptim_{name}_{suffix}")
-            fn.restype = None
-            fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                           ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]  # fmt: skip
-    return library
-
-
-def library() -> ctypes.CDLL | None:
-    """The fused kernels' library, built on first use; ``None`` if it cannot be built (then a
-    warning is issued once and every optimizer uses its multi-tensor path)."""
-    global _library, _tried
-    with _lock:
-        if not _tried:
-            _tried = True
-            reason = "no C compiler could build them"
-            try:
-                _library = _build()
-            except (OSError, subprocess.SubprocessError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-            if _library is None:
-                warnings.warn(
-                    f"geoptim: fused kernels unavailable ({reason}); using the multi-tensor path",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-    return _library
-
-
 # ---------------------------------------------------------------- choosing the path
 
 
-def check_fused(fused: bool | None, foreach: bool | None) -> bool | None:
-    """Constructor check: ``fused`` is ``None`` (automatic), ``True`` or ``False``, and not
-    ``True`` together with ``foreach=False`` (the single-tensor reference)."""
-    if fused not in (None, True, False):
-        raise ValueError(f"fused must be None, True or False, got {fused!r}")
-    if fused and foreach is False:
-        raise ValueError("fused=True and foreach=False are exclusive")
-    return fused
-
-
 def kernel_mode(group: dict[str, Any]) -> str:
-    """``"single"`` (``foreach=False``), ``"fused"`` (``fused=True``, or ``fused=None`` with
-    ``foreach=None``) or ``"multi"``."""
+    """``"fused"`` (``fused=True`` whatever ``foreach`` says, as in ``torch.optim``; or both
+    ``None``), ``"single"`` (``foreach=False``) or ``"multi"``."""
     foreach, fused = group["foreach"], group.get("fused")
-    if foreach is False:
-        return "single"
     if fused or (fused is None and foreach is None):
         return "fused"
-    return "multi"
+    return "single" if foreach is False else "multi"
 
 
 def fusable(tensors: Sequence[Tensor | None]) -> bool:
@@ -422,7 +537,9 @@ def pick(items: Sequence[Any] | None, indices: Sequence[int]) -> Any:
     return None if items is None else [items[i] for i in indices]
 
 
-_workspaces: dict[int, Tensor] = {}
+#: One buffer per owner tensor, dropped with it (no ``weakref.finalize``: its global registry
+#: changes size as owners come and go, which breaks ``torch.compile``'s guards).
+_workspaces: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 def workspace(owner: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
@@ -434,11 +551,9 @@ def workspace(owner: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
     one temporary keeps it, keyed by a tensor of its state.
     """
     numel = sum(t.numel() for t in like)
-    buffer = _workspaces.get(id(owner))
+    buffer = _workspaces.get(owner)
     if buffer is None or buffer.numel() < numel or buffer.dtype != like[0].dtype:
-        if buffer is None:
-            weakref.finalize(owner, _workspaces.pop, id(owner), None)
-        buffer = _workspaces[id(owner)] = torch.empty(numel, dtype=like[0].dtype)
+        buffer = _workspaces[owner] = torch.empty(numel, dtype=like[0].dtype)
     views, offset = [], 0
     for t in like:
         views.append(buffer[offset : offset + t.numel()].view_as(t))

@@ -9,15 +9,24 @@ Sharded parameters (FSDP2 ``fully_shard``, HSDP, any ``DTensor`` with ``Shard`` 
 only part of each tensor on a rank. The optimizers hand their kernels the *local* shards and, for
 the duration of the update, declare with :func:`sharded` how each local tensor sits in its whole
 tensor (a :class:`Sharding`, positionally: the i-th tensor of every list a kernel passes here is
-the i-th parameter's shard, or a tensor derived from it element-wise). Local float32 (or float64)
-partial sums are then stacked and all-reduced with one collective per bucket of tensors sharing
-a device mesh and sharded mesh dimension, over only the mesh dimensions on which the tensors are
-sharded (replicated dimensions, as in HSDP, already hold the whole sum). Plain tensors need no
-communication, and without :func:`sharded` nothing here communicates.
+the i-th present parameter's shard, or a tensor derived from it element-wise). Local partial sums
+are then all-reduced with one collective per bucket of tensors sharing a device mesh and sharded
+mesh dimension, over only the mesh dimensions on which the tensors are sharded (replicated
+dimensions, as in HSDP, already hold the whole sum). Plain tensors need no communication, and
+without :func:`sharded` nothing here communicates.
+
+Ranks may differ in which parameters have a gradient (``p.grad = None`` on some ranks only), so
+the declaration covers *every* parameter of the group and says which ones this rank passes. Each
+reduction carries one row per declared sharded parameter, ``(partial sum, 1 if passed else 0)``,
+in float64: the all-reduced shapes match on every rank whatever the gradients (no hang), and the
+summed presence column, which must be 0 or the number of ranks, shows a mismatch to every rank
+at once; each then raises the same :class:`GradientPresenceError`. The check costs no
+collective of its own.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -61,7 +70,23 @@ FLATTENED = Flattened()
 
 Layout = Sharding | Flattened | None
 
-_LAYOUTS: ContextVar[tuple[Layout, ...] | None] = ContextVar("geoptim_layouts", default=None)
+
+@dataclass(frozen=True)
+class Declaration:
+    """What :func:`sharded` declares: the layout of every parameter (``layouts``), the indices of
+    those whose tensors the kernels pass, in order (``passed``), and how errors name each one
+    (``labels``)."""
+
+    layouts: tuple[Layout, ...]
+    passed: tuple[int, ...]
+    labels: tuple[str, ...]
+
+
+class GradientPresenceError(RuntimeError):
+    """Ranks differ in which sharded parameters have a gradient."""
+
+
+_DECLARED: ContextVar[Declaration | None] = ContextVar("geoptim_declared", default=None)
 
 
 def dtensor_type() -> type | None:
@@ -98,41 +123,64 @@ def layout_of(tensor: Tensor) -> Layout:
     return Sharding(mesh, dims, tensor.numel(), local(tensor).shape)
 
 
+def parameter_labels(group: dict[str, Any], prefix: str = "") -> list[str]:
+    """``"<prefix>parameter <i>"`` for each parameter of a param group, with its name where the
+    group has ``param_names`` (an optimizer built from ``named_parameters()``)."""
+    names = group.get("param_names")
+    return [
+        f"{prefix}parameter {i}" + (f" ({names[i]!r})" if names else "")
+        for i in range(len(group["params"]))
+    ]
+
+
 @contextmanager
-def sharded(layouts: Sequence[Layout]) -> Iterator[None]:
+def sharded(
+    layouts: Sequence[Layout],
+    present: Sequence[bool] | None = None,
+    labels: Sequence[str] | None = None,
+) -> Iterator[None]:
     """Within this block, the lists passed to :func:`per_tensor_sums` and :func:`global_numels`
-    are the local shards described by ``layouts``, position by position (all ``None``: whole
-    tensors, the same as outside any block)."""
-    token = _LAYOUTS.set(tuple(layouts) if any(layouts) else None)
+    are local shards of parameters laid out as ``layouts`` (one per parameter, on every rank the
+    same), of those marked ``present`` (default: all), in order. ``labels`` name the parameters
+    in errors (default ``"parameter <i>"``). All layouts ``None``: whole tensors, the same as
+    outside any block."""
+    declaration = None
+    if any(layouts):
+        passed = range(len(layouts)) if present is None else [i for i, p in enumerate(present) if p]
+        names = labels or [f"parameter {i}" for i in range(len(layouts))]
+        declaration = Declaration(tuple(layouts), tuple(passed), tuple(names))
+    token = _DECLARED.set(declaration)
     try:
         yield
     finally:
-        _LAYOUTS.reset(token)
+        _DECLARED.reset(token)
 
 
-def _layouts_for(tensors: Sequence[Tensor]) -> tuple[Layout, ...] | None:
-    """The layout of each tensor, or ``None`` when every tensor is whole on this rank.
-
-    DTensors carry their own layout; plain tensors inside a :func:`sharded` block get the
-    declared ones (the lists must match).
-    """
-    dtensor = dtensor_type()
-    if dtensor is not None and any(isinstance(t, dtensor) for t in tensors):
-        return tuple(layout_of(t) for t in tensors)
-    layouts = _LAYOUTS.get()
-    if layouts is None:
-        return None
-    if any(isinstance(lay, Flattened) for lay in layouts):
+def _declaration_for(tensors: Sequence[Tensor]) -> Declaration | None:
+    """How ``tensors`` sit in their parameters, or ``None`` when every tensor is whole on this
+    rank: the declared :func:`sharded` block, else (DTensors passed outside one) their own
+    layouts, every tensor present. The lists must match the declaration."""
+    declaration = _DECLARED.get()
+    if declaration is None:
+        dtensor = dtensor_type()
+        if dtensor is None or not any(isinstance(t, dtensor) for t in tensors):
+            return None
+        layouts = tuple(layout_of(t) for t in tensors)
+        labels = tuple(f"tensor {i}" for i in range(len(tensors)))
+        declaration = Declaration(layouts, tuple(range(len(tensors))), labels)
+    if any(isinstance(lay, Flattened) for lay in declaration.layouts):
         raise RuntimeError(FSDP1_MESSAGE)
-    if len(layouts) != len(tensors) or any(
-        isinstance(lay, Sharding) and lay.local_shape != t.shape for lay, t in zip(layouts, tensors)
+    passed = [declaration.layouts[i] for i in declaration.passed]
+    if len(passed) != len(tensors) or any(
+        isinstance(lay, Sharding) and lay.local_shape != local(t).shape
+        for lay, t in zip(passed, tensors)
     ):
         raise RuntimeError(
             "per-tensor statistics of sharded parameters: the tensors do not match the "
             f"parameter shards declared for this step ({len(tensors)} tensors, "
-            f"{len(layouts)} shards); a kernel must pass every parameter's tensor, in order"
+            f"{len(passed)} shards); a kernel must pass every parameter's tensor, in order"
         )
-    return layouts
+    return declaration
 
 
 def local(tensor: Tensor) -> Tensor:
@@ -184,22 +232,49 @@ def _local_sums(
     return sums.to(device)
 
 
-def _all_reduce_shards(sums: Tensor, layouts: Sequence[Layout]) -> Tensor:
+def _all_reduce_shards(sums: Tensor, declaration: Declaration) -> Tensor:
     """Sum each sharded tensor's partial sum over the ranks holding its shards: one
-    all-reduce per (mesh, sharded mesh dimension) bucket."""
+    all-reduce per (mesh, sharded mesh dimension) bucket, of a row ``(partial sum, presence)``
+    per declared parameter of the bucket (passed or not, so every rank reduces the same shape),
+    in float64. Raises :class:`GradientPresenceError` on every rank when some parameter is
+    passed on some ranks only."""
     import torch.distributed as dist
 
     buckets: dict[tuple[Any, tuple[int, ...]], list[int]] = {}
-    for i, lay in enumerate(layouts):
+    for i, lay in enumerate(declaration.layouts):
         if isinstance(lay, Sharding):
             buckets.setdefault((lay.mesh, lay.dims), []).append(i)
+    device = sums.device if len(sums) else torch.device(next(iter(buckets))[0].device_type)
+    rows = torch.zeros(len(declaration.layouts), 2, dtype=torch.float64, device=device)
+    passed = torch.tensor(declaration.passed, dtype=torch.long, device=device)
+    rows[passed, 0] = sums.to(rows)
+    rows[passed, 1] = 1.0
+    mismatched: list[tuple[int, int, int]] = []
     for (mesh, dims), indices in buckets.items():
-        index = torch.tensor(indices, device=sums.device)
-        partial = sums.index_select(0, index)
+        index = torch.tensor(indices, device=device)
+        partial = rows.index_select(0, index)
         for dim in dims:  # FSDP2 and HSDP shard along one mesh dimension: one collective
             dist.all_reduce(partial, group=mesh.get_group(dim))
-        sums = sums.index_copy(0, index, partial)
-    return sums
+        rows.index_copy_(0, index, partial)
+        ranks = math.prod(mesh.size(dim) for dim in dims)
+        counts = partial[:, 1].tolist()
+        mismatched += [(i, int(c), ranks) for i, c in zip(indices, counts) if 0 < c < ranks]
+    if mismatched:
+        raise GradientPresenceError(_presence_message(declaration.labels, mismatched))
+    return rows[passed, 0].to(sums.dtype)
+
+
+def _presence_message(labels: Sequence[str], mismatched: Sequence[tuple[int, int, int]]) -> str:
+    listed = "; ".join(
+        f"{labels[i]} has a gradient on {count} of {ranks} ranks" for i, count, ranks in mismatched
+    )
+    return (
+        f"ranks differ in which parameters have a gradient: {listed}. The statistics of "
+        "sharded parameters are reduced across ranks, so every rank must have a gradient for the "
+        "same parameters: zero the gradients instead of setting them to None "
+        "(`optimizer.zero_grad(set_to_none=False)`), or make the same `set_to_none` choice on "
+        "every rank"
+    )
 
 
 def per_tensor_sums(
@@ -210,21 +285,24 @@ def per_tensor_sums(
     ``kind``: ``"sumsq"`` is ``sum(x_i**2)``, ``"abs"`` is ``sum(|x_i|)``, ``"dot"`` is
     ``sum(x_i * y_i)`` with ``y`` from ``others``. Empty tensors give 0. The result lives on the
     device of the first tensor. Sums of sharded tensors (DTensors, or local shards declared with
-    :func:`sharded`) are over the whole tensor, identical on every rank.
+    :func:`sharded`) are over the whole tensor, identical on every rank; inside a declaration,
+    an empty list still takes part in the reduction (other ranks may pass tensors).
     """
-    if not tensors:
-        return torch.zeros(0)
-    layouts = _layouts_for(tensors)
-    if layouts is None:
-        return _local_sums(kind, tensors, others)
+    declaration = _declaration_for(tensors)
+    if declaration is None:
+        return _local_sums(kind, tensors, others) if tensors else torch.zeros(0)
     tensors = [local(t) for t in tensors]
     others = None if others is None else [local(o) for o in others]
-    return _all_reduce_shards(_local_sums(kind, tensors, others), layouts)
+    sums = _local_sums(kind, tensors, others) if tensors else torch.zeros(0)
+    return _all_reduce_shards(sums, declaration)
 
 
 def global_numels(tensors: Sequence[Tensor]) -> list[int]:
     """Each tensor's element count; for a sharded tensor, that of the whole tensor."""
-    layouts = _layouts_for(tensors) or (None,) * len(tensors)
+    declaration = _declaration_for(tensors)
+    if declaration is None:
+        return [t.numel() for t in tensors]
+    layouts = [declaration.layouts[i] for i in declaration.passed]
     return [
         lay.numel if isinstance(lay, Sharding) else t.numel() for lay, t in zip(layouts, tensors)
     ]

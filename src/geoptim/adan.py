@@ -28,14 +28,25 @@ from geoptim import _compiled
 from geoptim._base import (
     GeoOptimizer,
     ParamsT,
+    as_real,
     check_betas,
+    check_lr,
     check_nonnegative,
     working_copies,
     write_back,
 )
-from geoptim._stats import layout_of, per_tensor_sums, sharded
+from geoptim._stats import layout_of, parameter_labels, per_tensor_sums, sharded
 
-__all__ = ["Adan", "adan_fused", "adan_multi", "adan_single"]
+__all__ = ["Adan", "adan_fused", "adan_multi", "adan_single", "step_sizes"]
+
+
+def step_sizes(lr: float | Tensor, beta: float, steps: list[float], scale: float = 1.0) -> Tensor:
+    """``-lr * scale / (1 - beta**t)`` per tensor, in float64 (a tensor ``lr`` stays a tensor:
+    a compiled step does not recompile when it changes)."""
+    corrections = torch.tensor([1.0 - beta**s for s in steps], dtype=torch.float64)
+    if isinstance(lr, Tensor):
+        lr = lr.to(torch.float64)
+    return lr * -scale / corrections
 
 
 def adan_single(
@@ -55,9 +66,13 @@ def adan_single(
     weight_decay: float,
     no_prox: bool,
     clip: Tensor | float,
+    first_moment_grads: list[Tensor] | None = None,
 ) -> None:
     """Reference kernel, one tensor at a time. ``prev_grads`` hold the previous (clipped)
-    gradient and are overwritten with the current one."""
+    gradient and are overwritten with the current one. ``first_moment_grads`` (AGR's
+    first-moment variant): what ``m`` averages instead of ``g`` (clipped alike); ``d``, ``n``
+    and ``prev_grads`` still see ``g``."""
+    sizes_m, sizes_d = step_sizes(lr, beta1, steps), step_sizes(lr, beta2, steps, beta2)
     for i, param in enumerate(params):
         w, g, m, d, n, g_prev = working_copies(
             [param, grads[i], exp_avgs[i], exp_avg_diffs[i], exp_avg_sqs[i], prev_grads[i]]
@@ -65,15 +80,18 @@ def adan_single(
         step = steps[i]
         g = g * clip
         diff = g - g_prev
-        m.lerp_(g, 1.0 - beta1)
+        if first_moment_grads is None:
+            m.lerp_(g, 1.0 - beta1)
+        else:
+            m.lerp_(working_copies([first_moment_grads[i]])[0] * clip, 1.0 - beta1)
         d.lerp_(diff, 1.0 - beta2)
         mixed = diff.mul_(beta2).add_(g)
         n.mul_(beta3).addcmul_(mixed, mixed, value=1.0 - beta3)
         denom = n.sqrt().div_((1.0 - beta3**step) ** 0.5).add_(eps)
         if no_prox and weight_decay != 0:
             w.mul_(1.0 - lr * weight_decay)
-        w.addcdiv_(m, denom, value=-lr / (1.0 - beta1**step))
-        w.addcdiv_(d, denom, value=-lr * beta2 / (1.0 - beta2**step))
+        w.addcdiv_(m, denom, value=sizes_m[i])
+        w.addcdiv_(d, denom, value=sizes_d[i])
         if not no_prox and weight_decay != 0:
             w.div_(1.0 + lr * weight_decay)
         g_prev.copy_(g)
@@ -100,6 +118,7 @@ def adan_multi(
     weight_decay: float,
     no_prox: bool,
     clip: Tensor | float,
+    first_moment_grads: list[Tensor] | None = None,
 ) -> None:
     """Multi-tensor kernel: the arithmetic of :func:`adan_single` with foreach ops."""
     w, m, d, n, g_prev = (
@@ -107,7 +126,11 @@ def adan_multi(
     )
     g = torch._foreach_mul(working_copies(grads), clip)
     diff = torch._foreach_sub(g, g_prev)
-    torch._foreach_lerp_(m, g, 1.0 - beta1)
+    if first_moment_grads is None:
+        torch._foreach_lerp_(m, g, 1.0 - beta1)
+    else:
+        first = torch._foreach_mul(working_copies(first_moment_grads), clip)
+        torch._foreach_lerp_(m, first, 1.0 - beta1)
     torch._foreach_lerp_(d, diff, 1.0 - beta2)
     torch._foreach_mul_(diff, beta2)
     torch._foreach_add_(diff, g)
@@ -118,8 +141,8 @@ def adan_multi(
     torch._foreach_add_(denom, eps)
     if no_prox and weight_decay != 0:
         torch._foreach_mul_(w, 1.0 - lr * weight_decay)
-    torch._foreach_addcdiv_(w, m, denom, [-lr / (1.0 - beta1**s) for s in steps])
-    torch._foreach_addcdiv_(w, d, denom, [-lr * beta2 / (1.0 - beta2**s) for s in steps])
+    torch._foreach_addcdiv_(w, m, denom, step_sizes(lr, beta1, steps).tolist())
+    torch._foreach_addcdiv_(w, d, denom, step_sizes(lr, beta2, steps, beta2).tolist())
     if not no_prox and weight_decay != 0:
         torch._foreach_div_(w, 1.0 + lr * weight_decay)
     torch._foreach_copy_(g_prev, g)
@@ -129,6 +152,7 @@ def adan_multi(
         write_back(targets, work)
 
 
+@torch.compiler.disable  # opaque to torch.compile: the C kernels run eagerly
 def adan_fused(
     params: list[Tensor],
     grads: list[Tensor],
@@ -157,14 +181,15 @@ def adan_fused(
         adan_multi(*(_compiled.pick(c, rest) for c in (*columns, steps)), **kwargs)
     if not fused:
         return
+    lr = float(lr)
     decay = 1.0 - lr * weight_decay if no_prox and weight_decay != 0 else 1.0
     prox = 1.0 + lr * weight_decay if not no_prox and weight_decay != 0 else 1.0
     scalars = (1.0 - beta1, 1.0 - beta2, beta2, beta3, 1.0 - beta3, eps, decay, prox, float(clip))
     fused_steps = _compiled.pick(steps, fused)
     per_tensor = [
         [(1.0 - beta3**s) ** 0.5 for s in fused_steps],
-        [-lr / (1.0 - beta1**s) for s in fused_steps],
-        [-lr * beta2 / (1.0 - beta2**s) for s in fused_steps],
+        step_sizes(lr, beta1, fused_steps).tolist(),
+        step_sizes(lr, beta2, fused_steps, beta2).tolist(),
     ]
     lists = [_compiled.pick(c, fused) for c in columns]
     _compiled.launch_by_dtype("adan", lists, scalars, per_tensor, written=(0, 2, 3, 4, 5))
@@ -203,19 +228,24 @@ class Adan(GeoOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        differentiable: bool = False,
     ) -> None:
         defaults = {
-            "lr": check_nonnegative("lr", lr),
+            "lr": check_lr(lr),
             "betas": check_betas(betas, 3),
             "eps": check_nonnegative("eps", eps),
             "weight_decay": check_nonnegative("weight_decay", weight_decay),
             "no_prox": bool(no_prox),
             "max_grad_norm": check_nonnegative("max_grad_norm", max_grad_norm),
-            "maximize": maximize,
-            "foreach": foreach,
-            "fused": _compiled.check_fused(fused, foreach),
         }
-        super().__init__(params, defaults)
+        super().__init__(
+            params,
+            defaults,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            differentiable=differentiable,
+        )
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         for key in ("exp_avg", "exp_avg_diff", "exp_avg_sq", "prev_grad"):
@@ -229,16 +259,26 @@ class Adan(GeoOptimizer):
             max_norm, eps = self.param_groups[0]["max_grad_norm"], self.param_groups[0]["eps"]
         if max_norm == 0:
             return 1.0
-        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
-        if not params:
+        params = [p for group in self.param_groups for p in group["params"]]
+        grads = [p.grad for p in params if p.grad is not None]
+        layouts = [layout_of(p) for p in params]
+        if not any(layouts) and not grads:
             return 1.0
-        with sharded([layout_of(p) for p in params]):  # global over shards; FSDP1 raises
-            total = per_tensor_sums("sumsq", [p.grad for p in params]).sum().sqrt()
+        present = [p.grad is not None for p in params]
+        labels = None
+        if any(layouts):
+            labels = [
+                label
+                for index, group in enumerate(self.param_groups)
+                for label in parameter_labels(group, f"param group {index}, ")
+            ]
+        # Global over shards, every rank taking part whatever its gradients; FSDP1 raises.
+        with sharded(layouts, present, labels):
+            total = per_tensor_sums("sumsq", [as_real(g) for g in grads]).sum().sqrt()
         return torch.clamp(max_norm / (total + eps), max=1.0)
 
     def _step_groups(self, clip: Tensor | float | None = None) -> None:
-        self._clip = self.clip_coefficient() if clip is None else clip
-        super()._step_groups()
+        super()._step_groups(clip=self.clip_coefficient() if clip is None else clip)
 
     def _update(
         self,
@@ -246,14 +286,19 @@ class Adan(GeoOptimizer):
         params: list[Tensor],
         grads: list[Tensor],
         states: list[dict[str, Any]],
+        clip: Tensor | float = 1.0,
+        first_moment_grads: list[Tensor] | None = None,
     ) -> None:
-        clip = self._clip
         for grad, state in zip(grads, states):
             if state["step"] == 1:  # g_prev starts as g, so the first difference is 0
                 state["prev_grad"].copy_(grad * clip)
         beta1, beta2, beta3 = group["betas"]
         mode = _compiled.kernel_mode(group)
         kernel = {"fused": adan_fused, "multi": adan_multi, "single": adan_single}[mode]
+        extra = {}
+        if first_moment_grads is not None:  # no fused kernel for two gradients
+            kernel = adan_single if mode == "single" else adan_multi
+            extra = {"first_moment_grads": first_moment_grads}
         kernel(
             params,
             grads,
@@ -270,4 +315,5 @@ class Adan(GeoOptimizer):
             weight_decay=group["weight_decay"],
             no_prox=group["no_prox"],
             clip=clip,
+            **extra,
         )

@@ -11,7 +11,8 @@ All share Lion's interpolated momentum (SepNorm paper; Lion: Chen et al. 2023):
 and differ in the direction :math:`D(u)`:
 
 ========== ==================================================================================
-Lion       :math:`\mathrm{sign}(u)`
+Lion       :math:`\mathrm{sign}(u)` (computed as ``sign(u) + 0 u``, so a NaN or infinite
+           gradient makes the weight NaN as in ``torch.optim``, instead of a silent 0 step)
 SepNorm    :math:`N_l(u) = u_l \sqrt{|l|} / (\|u_l\|_2 + \epsilon)` per normalisation group
            :math:`l` — a tensor (default), an element (Lion up to eps), or the whole param
            group (``grouping="global"``: put tensors in one param group to normalise them
@@ -45,6 +46,7 @@ from geoptim._base import (
     ParamsT,
     check_betas,
     check_choice,
+    check_lr,
     check_nonnegative,
     check_unit_interval,
     working_copies,
@@ -68,6 +70,7 @@ GROUPINGS = ("tensor", "element", "global")
 Direction = Literal["sign", "element", "tensor", "global", "global_norm"]
 
 
+@torch.compiler.disable  # geoptim._stats (sharded sums) runs eagerly under torch.compile
 def _projection_coefficients(
     params: Sequence[Tensor], updates: Sequence[Tensor], direction: Direction
 ) -> Tensor:
@@ -80,6 +83,7 @@ def _projection_coefficients(
     return torch.where(sq > 0, dots / sq.clamp_min(torch.finfo(sq.dtype).tiny), 0.0)
 
 
+@torch.compiler.disable  # as above
 def _normalisation_scales(updates: Sequence[Tensor], direction: Direction, eps: float) -> Tensor:
     """The factor each update tensor is multiplied by: ``sqrt(n_l) / (||u_l|| + eps)``,
     with ``n_l`` and ``||u_l||`` over the whole group for ``"global"``, and the plain
@@ -126,7 +130,7 @@ def sepnorm_single(
             ui.mul_(s)
     for wi, ui, mi, gi in zip(w, updates, m, g):
         if direction == "sign":
-            ui.sign_()
+            ui.copy_(ui.sign().add_(ui.mul(0.0)))
         elif direction == "element":
             ui.div_(ui.abs().add_(eps))
         if weight_decay != 0:
@@ -163,7 +167,9 @@ def sepnorm_multi(
             coefficients = _projection_coefficients(w, updates, direction)
             torch._foreach_addcmul_(updates, w, list(coefficients.neg().unbind()))
     if direction == "sign":
+        non_finite = torch._foreach_mul(updates, 0.0)  # NaN where u is NaN or inf, else 0
         torch._foreach_sign_(updates)
+        torch._foreach_add_(updates, non_finite)
     elif direction == "element":
         denominators = torch._foreach_abs(updates)
         torch._foreach_add_(denominators, eps)
@@ -179,6 +185,7 @@ def sepnorm_multi(
     write_back(exp_avgs, m)
 
 
+@torch.compiler.disable  # opaque to torch.compile: the C kernels run eagerly
 def sepnorm_fused(
     params: list[Tensor],
     grads: list[Tensor],
@@ -277,7 +284,7 @@ class _InterpolatedMomentum(GeoOptimizer):
 
 def _defaults(lr: float, betas: Sequence[float], weight_decay: float, **extra: Any) -> dict:
     return {
-        "lr": check_nonnegative("lr", lr),
+        "lr": check_lr(lr),
         "betas": check_betas(betas, 2),
         "weight_decay": check_nonnegative("weight_decay", weight_decay),
         **extra,
@@ -301,16 +308,21 @@ class Lion(_InterpolatedMomentum):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        differentiable: bool = False,
     ) -> None:
         defaults = _defaults(
             lr,
             betas,
             weight_decay,
+        )
+        super().__init__(
+            params,
+            defaults,
             maximize=maximize,
             foreach=foreach,
-            fused=_compiled.check_fused(fused, foreach),
+            fused=fused,
+            differentiable=differentiable,
         )
-        super().__init__(params, defaults)
 
     def _direction(self, group: dict[str, Any]) -> Direction:
         return "sign"
@@ -342,6 +354,7 @@ class SepNorm(_InterpolatedMomentum):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        differentiable: bool = False,
     ) -> None:
         defaults = _defaults(
             lr,
@@ -349,11 +362,15 @@ class SepNorm(_InterpolatedMomentum):
             weight_decay,
             eps=check_nonnegative("eps", eps),
             grouping=check_choice("grouping", grouping, GROUPINGS),
+        )
+        super().__init__(
+            params,
+            defaults,
             maximize=maximize,
             foreach=foreach,
-            fused=_compiled.check_fused(fused, foreach),
+            fused=fused,
+            differentiable=differentiable,
         )
-        super().__init__(params, defaults)
 
     def _direction(self, group: dict[str, Any]) -> Direction:
         return check_choice("group['grouping']", group["grouping"], GROUPINGS)  # type: ignore[return-value]
@@ -389,17 +406,22 @@ class NormSGD(_InterpolatedMomentum):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        differentiable: bool = False,
     ) -> None:
         defaults = _defaults(
             lr,
             betas,
             weight_decay,
             eps=check_nonnegative("eps", eps),
+        )
+        super().__init__(
+            params,
+            defaults,
             maximize=maximize,
             foreach=foreach,
-            fused=_compiled.check_fused(fused, foreach),
+            fused=fused,
+            differentiable=differentiable,
         )
-        super().__init__(params, defaults)
 
     def _direction(self, group: dict[str, Any]) -> Direction:
         return "global_norm"
@@ -422,16 +444,21 @@ class Signum(_InterpolatedMomentum):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        differentiable: bool = False,
     ) -> None:
         defaults = {
-            "lr": check_nonnegative("lr", lr),
+            "lr": check_lr(lr),
             "momentum": check_unit_interval("momentum", momentum),
             "weight_decay": check_nonnegative("weight_decay", weight_decay),
-            "maximize": maximize,
-            "foreach": foreach,
-            "fused": _compiled.check_fused(fused, foreach),
         }
-        super().__init__(params, defaults)
+        super().__init__(
+            params,
+            defaults,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            differentiable=differentiable,
+        )
 
     def _betas(self, group: dict[str, Any]) -> tuple[float, float]:
         return group["momentum"], group["momentum"]

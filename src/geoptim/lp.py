@@ -30,11 +30,13 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 
 from geoptim import _compiled
 from geoptim._base import (
     GeoOptimizer,
     ParamsT,
+    check_lr,
     check_nonnegative,
     check_unit_interval,
     working_copies,
@@ -132,6 +134,7 @@ def lpsgdm_multi(
     write_back(params, w)
 
 
+@torch.compiler.disable  # opaque to torch.compile: the C kernels run eagerly
 def lpsgdm_fused(
     params: list[Tensor],
     grads: list[Tensor],
@@ -198,23 +201,28 @@ class LPSGDM(GeoOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        differentiable: bool = False,
     ) -> None:
         if dampening is not None:
             dampening = check_nonnegative("dampening", dampening)
             if dampening > 1:
                 raise ValueError(f"dampening must be in [0, 1], got {dampening!r}")
         defaults = {
-            "lr": check_nonnegative("lr", lr),
+            "lr": check_lr(lr),
             "momentum": check_unit_interval("momentum", momentum),
             "dampening": dampening,
             "p": check_p("p", p),
             "weight_decay": check_nonnegative("weight_decay", weight_decay),
             "eps": check_nonnegative("eps", eps),
-            "maximize": maximize,
-            "foreach": foreach,
-            "fused": _compiled.check_fused(fused, foreach),
         }
-        super().__init__(params, defaults)
+        super().__init__(
+            params,
+            defaults,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            differentiable=differentiable,
+        )
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         if self._has_momentum:
@@ -263,6 +271,7 @@ class LPSGD(LPSGDM):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        differentiable: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -275,39 +284,53 @@ class LPSGD(LPSGDM):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            differentiable=differentiable,
         )
 
 
-class CosinePScheduler:
+class CosinePScheduler(LRScheduler):
     r"""Anneals every param group's ``p`` along a half cosine (LPSGD paper, eq. 19):
 
     .. math:: p_k = p_{min} + (p_{max} - p_{min}) \frac{1 + \cos(\pi k / T_{max})}{2},
 
-    and :math:`p_{min}` once :math:`k \ge T_{max}`. Construction sets ``p = p_max``; each
-    :meth:`step` advances ``k`` by one (call it once per epoch, or per step if you prefer).
-    Mirrors ``torch.optim.lr_scheduler``: :meth:`state_dict`, :meth:`load_state_dict`,
-    :meth:`get_last_p`.
+    and :math:`p_{min}` once :math:`k \ge T_{max}`. A ``torch.optim.lr_scheduler.LRScheduler``
+    that drives ``group["p"]`` and leaves ``group["lr"]`` alone, so it goes wherever LR
+    schedulers go: Lightning's ``configure_optimizers``, ``ChainedScheduler`` (step p and the
+    learning rate together), ``SequentialLR``, Hugging Face ``Trainer`` (see
+    :mod:`geoptim.integrations`). Each :meth:`step` advances ``k = last_epoch`` by one (once per
+    epoch, or per step if you prefer). As for torch's schedulers, construction with
+    ``last_epoch=-1`` starts at ``k = 0`` (``p = p_max``) and ``last_epoch=j`` resumes at
+    ``k = j + 1``; :meth:`state_dict` / :meth:`load_state_dict` round-trip the position.
     """
 
-    def __init__(self, optimizer: Optimizer, p_max: float, T_max: int, p_min: float = 2.0) -> None:
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        p_max: float,
+        T_max: int,
+        p_min: float = 2.0,
+        last_epoch: int = -1,
+    ) -> None:
         p_min = check_p("p_min", p_min)
         p_max = check_p("p_max", p_max)
         if math.isinf(p_max) or p_max < p_min:
             raise ValueError(f"p_max must be finite and >= p_min={p_min}, got {p_max!r}")
         if not isinstance(T_max, int) or T_max < 1:
             raise ValueError(f"T_max must be an integer >= 1, got {T_max!r}")
+        if not isinstance(last_epoch, int) or last_epoch < -1:
+            raise ValueError(f"last_epoch must be an integer >= -1, got {last_epoch!r}")
         for group in optimizer.param_groups:
             if "p" not in group:
                 raise ValueError(
                     f"{type(optimizer).__name__} has no 'p' in its param groups; "
                     "CosinePScheduler drives LPSGD/LPSGDM"
                 )
-        self.optimizer = optimizer
+            # torch's base class reads initial_lr when resuming; this scheduler never uses it
+            group.setdefault("initial_lr", group["lr"])
         self.p_max = p_max
         self.p_min = p_min
         self.T_max = T_max
-        self.last_epoch = 0
-        self._apply()
+        super().__init__(optimizer, last_epoch)
 
     def get_p(self, k: int) -> float:
         """The schedule's value at ``k``."""
@@ -315,22 +338,31 @@ class CosinePScheduler:
             return self.p_min
         return self.p_min + (self.p_max - self.p_min) * (1 + math.cos(math.pi * k / self.T_max)) / 2
 
-    def _apply(self) -> None:
-        p = self.get_p(self.last_epoch)
+    def get_lr(self) -> list[float | Tensor]:
+        """The learning rates, unchanged: this scheduler moves ``p`` only."""
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def _apply_p(self) -> None:
+        p = self.get_p(max(self.last_epoch, 0))
         for group in self.optimizer.param_groups:
             group["p"] = p
 
-    def step(self) -> None:
-        self.last_epoch += 1
-        self._apply()
+    def step(self, epoch: int | None = None) -> None:
+        """Advance ``k`` by one (or set it to ``epoch``, as torch's deprecated form does) and set
+        every group's ``p``."""
+        super().step(epoch)
+        self._apply_p()
+
+    def _update_lr(self, epoch: int | None = None) -> None:
+        # torch >= 2.7 routes step() and SequentialLR's milestone restarts through this hook
+        super()._update_lr(epoch)
+        self._apply_p()
 
     def get_last_p(self) -> list[float]:
+        """Every param group's current ``p``."""
         return [group["p"] for group in self.optimizer.param_groups]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in self.__dict__.items() if key != "optimizer"}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the schedule and set every group's ``p`` to the restored position."""
-        self.__dict__.update(state_dict)
-        self._apply()
+        super().load_state_dict(state_dict)
+        self._apply_p()

@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from geoptim.bench.cli_common import ConfigError, positive_float, positive_int, writable_dir
+
 HELP = "time optimizer steps (geoptim and peers) and write a table and a plot"
 
 Factory = Callable[[list[Tensor]], Any]
@@ -117,9 +119,12 @@ REFERENCES = ("sgdm_foreach", "sgdm_fused", "adamw_fused")
 
 
 def _parse_size(text: str) -> int:
-    value = float(text.lower().replace("m", "e6").replace("k", "e3"))
-    if not value >= 1:
-        raise argparse.ArgumentTypeError(f"size must be >= 1, got {text!r}")
+    try:
+        value = float(text.lower().replace("m", "e6").replace("k", "e3"))
+    except ValueError:
+        value = math.nan
+    if not 1 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a size >= 1 (e.g. 1e6, 10M), got {text!r}")
     return int(value)
 
 
@@ -132,7 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="total parameter counts (e.g. 1e6 10M); default 1e5 1e6 1e7",
     )
     parser.add_argument(
-        "--tensors", type=int, default=80, help="tensors the parameters are split into"
+        "--tensors", type=positive_int, default=80, help="tensors the parameters are split into"
     )
     parser.add_argument(
         "--optimizers",
@@ -142,12 +147,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "geoptim optimizer's multi-tensor path (fused=False)",
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    parser.add_argument("--rounds", type=int, default=30, help="timed steps per row (at most)")
     parser.add_argument(
-        "--budget", type=float, default=45.0, help="seconds of timing per size (at most)"
+        "--threads", type=positive_int, default=None, help="torch threads (default: all)"
     )
-    parser.add_argument("--out", type=Path, default=Path("speed"), help="output directory")
+    parser.add_argument(
+        "--rounds", type=positive_int, default=30, help="timed steps per row (at most)"
+    )
+    parser.add_argument(
+        "--budget", type=positive_float, default=45.0, help="seconds of timing per size (at most)"
+    )
+    parser.add_argument("--out", default="speed", help="output directory")
 
 
 # ---------------------------------------------------------------- timing
@@ -340,15 +349,14 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("geoptim speed: CUDA is not available")
-        return 2
+        raise ConfigError("--device cuda: CUDA is not available")
     names = args.optimizers or available()
     try:
         for name in names:
             _resolve(name)
     except ValueError as exc:
-        print(f"geoptim speed: {exc}")
-        return 2
+        raise ConfigError(str(exc)) from None
+    out = writable_dir(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     elif args.device == "cpu":
@@ -364,13 +372,10 @@ def run(args: argparse.Namespace) -> int:
         section = f"### {size:,} parameters\n\n{table(rows)}"
         sections.append(section)
         print(section, flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.md").write_text(f"{header}\n\n" + "\n".join(sections))
-    (args.out / "speed.json").write_text(
-        json.dumps({"header": header, "results": results}, indent=1)
-    )
-    plot(results, args.out / "speed.png")
-    print(f"wrote {args.out / 'speed.md'}, speed.json and speed.png")
+    (out / "speed.md").write_text(f"{header}\n\n" + "\n".join(sections))
+    (out / "speed.json").write_text(json.dumps({"header": header, "results": results}, indent=1))
+    plot(results, out / "speed.png")
+    print(f"wrote {out / 'speed.md'}, speed.json and speed.png")
     return 0
 
 

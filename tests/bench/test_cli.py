@@ -28,43 +28,69 @@ def test_commands_are_registered():
         assert command in help_text
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--tasks", "nosuch"], "unknown task 'nosuch'; known tasks: fake"),
-    (["--tasks", "fake", "--optimizers", "adamx"], "unknown optimizer 'adamx'; known"),
-    (["--tasks", "fake:delay"], "bad task option 'delay'"),
-    (["--tasks", "fake:speed=2"], "bad task 'fake' with options {'speed': 2}"),
-    (["--tasks", "fake", "--preset-file", "missing.json"], "cannot read preset file"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--tasks", "nosuch"], "unknown task 'nosuch'; known tasks: fake"),
+        (["--tasks", "fake", "--optimizers", "adamx"], "unknown optimizer 'adamx'; known"),
+        (["--tasks", "fake:delay"], "bad task option 'delay'"),
+        (["--tasks", "fake:speed=2"], "task 'fake' has no option 'speed'; its options: delay"),
+        (["--tasks", "fake:delay=soon"], "task 'fake' option delay must be a number, got 'soon'"),
+        (["--tasks", "fake", "--preset-file", "missing.json"], "cannot read preset file"),
+    ],
+)
 def test_bad_configuration_fails_before_any_run(tmp_path, capsys, argv, message):
     out = tmp_path / "out"
     assert main(["bench", *argv, "--out", str(out)]) == 2
-    assert message in capsys.readouterr().err
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("geoptim: error: ") and message in line
     assert not out.exists()
 
 
-@pytest.mark.parametrize("argv", [
-    ["--seeds", "0"], ["--seeds", "three"], ["--workers", "-1"], ["--suite", "huge"],
-])
-def test_bad_numbers_and_choices_are_argparse_errors(tmp_path, capsys, argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["bench", *argv, "--out", str(tmp_path)])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "positive integer" in err or "invalid choice" in err
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--seeds", "0"],
+        ["--seeds", "three"],
+        ["--workers", "-1"],
+        ["--suite", "huge"],
+    ],
+)
+def test_bad_numbers_and_choices_are_one_line_errors(tmp_path, capsys, argv):
+    assert main(["bench", *argv, "--out", str(tmp_path)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "positive integer" in line or "invalid choice" in line
     assert not list(tmp_path.iterdir())
 
 
 def test_bad_preset_file_content(tmp_path, capsys):
     bad = tmp_path / "p.json"
     bad.write_text('{"task": "fake"}')
-    assert main(["bench", "--tasks", "fake", "--preset-file", str(bad),
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["bench", "--tasks", "fake", "--preset-file", str(bad), "--out", str(tmp_path / "o")])
+        == 2
+    )
     assert "lacks 'optimizer'" in capsys.readouterr().err
 
 
 def test_dry_run_lists_the_runs(tmp_path, capsys):
-    assert main(["bench", "--tasks", "fake", "--seeds", "2", "--optimizers", "sgdm,lion",
-                 "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--tasks",
+                "fake",
+                "--seeds",
+                "2",
+                "--optimizers",
+                "sgdm,lion",
+                "--dry-run",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.strip().endswith("4 runs")
     assert "fake lion seed=1" in out
@@ -73,8 +99,19 @@ def test_dry_run_lists_the_runs(tmp_path, capsys):
 
 def test_bench_then_report_rebuilds_from_records(tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["bench", "--tasks", "fake", "--optimizers", "sgdm", "lpsgdm", "--quiet",
-            "--workers", "1", "--out", str(out)]
+    argv = [
+        "bench",
+        "--tasks",
+        "fake",
+        "--optimizers",
+        "sgdm",
+        "lpsgdm",
+        "--quiet",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     text = (out / "report.md").read_text()
     assert "## Task: fake" in text and "| LPSGDM beats SGD with momentum |" in text

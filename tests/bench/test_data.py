@@ -36,35 +36,67 @@ def write_fake_cifar(root: Path, name: str = "cifar10", per_file: int = 4, n_tes
 
 
 def test_modular_addition_split() -> None:
-    (x_tr, y_tr), (x_te, y_te) = data.modular_addition(113, 0.3)
-    assert len(y_tr) == round(0.3 * 113 * 113) and len(y_tr) + len(y_te) == 113 * 113
-    x = torch.cat([x_tr, x_te])
+    splits = data.modular_addition(113, 0.3, val_frac=0.1)
+    (x_tr, y_tr), (x_va, _), (x_te, y_te) = splits.train, splits.val, splits.test
+    assert len(y_tr) == round(0.3 * 113 * 113) and len(x_va) == round(0.1 * 113 * 113)
+    assert sum(splits.sizes().values()) == 113 * 113
+    x = torch.cat([x_tr, x_va, x_te])
     assert len({tuple(row) for row in x.tolist()}) == 113 * 113  # every pair exactly once
-    assert torch.equal(torch.cat([y_tr, y_te]), (x[:, 0] + x[:, 1]) % 113)
-    again = data.modular_addition(113, 0.3)
-    assert torch.equal(again[0][0], x_tr)
-    assert not torch.equal(data.modular_addition(113, 0.3, split_seed=1)[0][0], x_tr)
-    with pytest.raises(ValueError):
-        data.modular_addition(113, 1.0)
+    y = torch.cat([y_tr, splits.val[1], y_te])
+    assert torch.equal(y, (x[:, 0] + x[:, 1]) % 113)
+    again = data.modular_addition(113, 0.3, val_frac=0.1)
+    assert torch.equal(again.train[0], x_tr) and torch.equal(again.test[0], x_te)
+    assert not torch.equal(data.modular_addition(113, 0.3, split_seed=1).train[0], x_tr)
+    assert len(data.modular_addition(113, 0.3).val[1]) == 0
+    for train_frac, val_frac in ((1.0, 0.0), (0.5, 0.5)):
+        with pytest.raises(ValueError):
+            data.modular_addition(113, train_frac, val_frac=val_frac)
 
 
 # ---------------------------------------------------------------- digits
 
 
 def test_digits_split() -> None:
-    (x_tr, y_tr), (x_te, y_te) = data.load_digits_split()
-    assert x_tr.shape == (1347, 1, 8, 8) and x_te.shape == (450, 1, 8, 8)
+    splits = data.load_digits_split()
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = splits.train, splits.val, splits.test
+    assert splits.sizes() == {"train": 1047, "val": 300, "test": 450}
+    assert x_tr.shape == (1047, 1, 8, 8) and x_te.shape == (450, 1, 8, 8)
     assert x_tr.dtype == torch.float32 and y_tr.dtype == torch.int64
-    # stratified: every class's share of the test set matches its share of the train set
+    # the three splits are disjoint and together make the whole data set
+    rows = {tuple(r) for x in (x_tr, x_va, x_te) for r in x.flatten(1).tolist()}
+    assert len(rows) == len({tuple(r) for r in torch.cat([x_tr, x_va, x_te]).flatten(1).tolist()})
+    # stratified: every class's share of each split matches the training split's
     share_tr = torch.bincount(y_tr, minlength=10) / len(y_tr)
-    share_te = torch.bincount(y_te, minlength=10) / len(y_te)
-    assert torch.allclose(share_tr, share_te, atol=0.01)
+    for y in (y_va, y_te):
+        assert torch.allclose(torch.bincount(y, minlength=10) / len(y), share_tr, atol=0.01)
     # standardised with training statistics
     flat = x_tr.flatten(1)
     std = flat.std(0, unbiased=False)
     varying = std > 0
     assert flat.mean(0).abs().max() < 1e-5
     assert torch.allclose(std[varying], torch.ones(int(varying.sum())), atol=1e-4)
+
+
+def test_digits_small_noisy_train_split() -> None:
+    clean = data.load_digits_split(300)
+    noisy = data.load_digits_split(300, 0.2)
+    assert clean.sizes() == {"train": 300, "val": 300, "test": 450}
+    assert torch.equal(clean.train[0], noisy.train[0])  # the same images
+    wrong = noisy.train[1] != clean.train[1]
+    assert int(wrong.sum()) == 60  # exactly 20% of the training labels, each to another class
+    for split in ("val", "test"):  # validation and test labels stay clean
+        assert torch.equal(getattr(clean, split)[1], getattr(noisy, split)[1])
+    assert torch.equal(clean.test[1], data.load_digits_split().test[1])  # same test images
+
+
+def test_corrupt_labels() -> None:
+    y = torch.arange(1000) % 10
+    noisy = data.corrupt_labels(y, 0.3, 10, seed=0)
+    assert int((noisy != y).sum()) == 300 and set(noisy.tolist()) == set(range(10))
+    assert torch.equal(noisy, data.corrupt_labels(y, 0.3, 10, seed=0))
+    assert torch.equal(data.corrupt_labels(y, 0.0, 10, seed=0), y)
+    with pytest.raises(ValueError):
+        data.corrupt_labels(y, 1.5, 10, seed=0)
 
 
 # ---------------------------------------------------------------- MNIST-1D
@@ -75,17 +107,19 @@ def test_mnist1d_generated_locally(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     random.seed(123)
     np.random.seed(123)
     py_state, np_state = random.getstate(), np.random.get_state()[1].copy()
-    (x_tr, y_tr), (x_te, _) = data.load_mnist1d(num_samples=500, seed=7)
-    assert x_tr.shape == (400, 1, 40) and x_te.shape == (100, 1, 40)
+    splits = data.load_mnist1d(num_samples=500, seed=7, n_val=50)
+    (x_tr, y_tr), (x_te, _) = splits.train, splits.test
+    assert splits.sizes() == {"train": 350, "val": 50, "test": 100}
+    assert x_tr.shape == (350, 1, 40) and x_te.shape == (100, 1, 40)
     assert y_tr.dtype == torch.int64 and set(y_tr.tolist()) <= set(range(10))
     assert list(tmp_path.iterdir()) == []  # nothing cached on disk
     assert random.getstate() == py_state  # global RNGs left as they were
     assert np.array_equal(np.random.get_state()[1], np_state)
     data.load_mnist1d.cache_clear()
-    again = data.load_mnist1d(num_samples=500, seed=7)
-    assert torch.equal(again[0][0], x_tr)
-    other = data.load_mnist1d(num_samples=500, seed=8)
-    assert not torch.equal(other[0][0], x_tr)
+    again = data.load_mnist1d(num_samples=500, seed=7, n_val=50)
+    assert torch.equal(again.train[0], x_tr)
+    other = data.load_mnist1d(num_samples=500, seed=8, n_val=50)
+    assert not torch.equal(other.train[0], x_tr)
 
 
 # ---------------------------------------------------------------- CIFAR
@@ -197,7 +231,31 @@ def test_augment_is_a_crop_or_flipped_crop() -> None:
 def _tensor_data(batch_size: int | None = 4, seed: int = 0) -> data.TensorData:
     x = torch.arange(10, dtype=torch.float32).unsqueeze(1)
     y = torch.arange(10) % 2
-    return data.TensorData(x, y, x[:4], y[:4], batch_size=batch_size, seed=seed)
+    return data.TensorData(x, y, x[:4], y[:4], val=(x[:3], y[:3]), batch_size=batch_size, seed=seed)
+
+
+def test_hold_out() -> None:
+    x, y = torch.arange(20).unsqueeze(1), torch.arange(20)
+    (_, y_rest), (x_held, y_held) = data.hold_out((x, y), 5, seed=3)
+    assert len(y_held) == 5 and len(y_rest) == 15
+    assert sorted(torch.cat([y_rest, y_held]).tolist()) == list(range(20))
+    assert torch.equal(x_held.squeeze(1), y_held)
+    assert torch.equal(data.hold_out((x, y), 5, seed=3)[1][1], y_held)
+    with pytest.raises(ValueError):
+        data.hold_out((x, y), 20)
+
+
+def test_data_hash() -> None:
+    first = _tensor_data().data_hash()
+    assert first == _tensor_data(seed=9).data_hash()  # the seed orders batches, not the data
+    assert len(first) == 16 and int(first, 16) >= 0
+    td = _tensor_data()
+    changed = data.TensorData(
+        td.x_train, td.y_train, td.x_test, 1 - td.y_test, val=td.val, batch_size=4, seed=0
+    )
+    assert changed.data_hash() != first
+    no_val = data.TensorData(td.x_train, td.y_train, td.x_test, td.y_test, batch_size=4, seed=0)
+    assert no_val.data_hash() != first
 
 
 def test_tensor_data_batches() -> None:
@@ -240,8 +298,16 @@ def test_tensor_data_evaluate() -> None:
     model.train()
     metrics = td.evaluate(model)
     assert model.training
-    assert set(metrics) == {"train_loss", "train_acc", "test_loss", "test_acc"}
+    assert set(metrics) == {
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "test_loss",
+        "test_acc",
+    }
     assert metrics["train_acc"] == 0.5 and metrics["test_acc"] == 0.5
+    assert metrics["val_acc"] == pytest.approx(2 / 3)  # labels 0, 1, 0
     with torch.no_grad():
         expected = float(nn.functional.cross_entropy(model(td.x_train), td.y_train))
     assert metrics["train_loss"] == pytest.approx(expected)

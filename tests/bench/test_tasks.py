@@ -17,8 +17,18 @@ from geoptim.bench.tasks.quadratic import PROBLEMS
 from tests.bench.test_data import write_fake_cifar
 
 ALL = ["quadratic", "grokking", "digits", "mnist1d", "cifar10", "cifar100"]
-CLASSIFICATION_KEYS = {"step", "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
-                       "time_s"}
+CLASSIFICATION_KEYS = {
+    "step",
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "time_s",
+}
 
 
 # ---------------------------------------------------------------- registry
@@ -29,7 +39,7 @@ def test_registry() -> None:
     for name in ALL:
         task = tasks.get_task(name)
         assert task.name == name and task.description
-        for suite in ("quick", "full"):
+        for suite in ("quick", "standard", "full"):
             budget = task.default_budget(suite)
             assert ("epochs" in budget) != ("steps" in budget)
         with pytest.raises(ValueError, match="quick"):
@@ -53,6 +63,8 @@ def test_overrides_change_budgets_and_models() -> None:
     mlp, transformer = tasks.get_task("grokking"), tasks.get_task("grokking", model="transformer")
     assert mlp.train_frac == 0.5 and transformer.train_frac == 0.3
     assert transformer.default_budget("full") == {"steps": 15000, "eval_every": 100}
+    assert transformer.default_budget("standard") == {"steps": 3000, "eval_every": 50}
+    assert mlp.default_budget("standard") == mlp.default_budget("quick")
     assert type(transformer.make_model(0)).__name__ == "GrokTransformer"
     assert type(tasks.get_task("digits", model="vgg").make_model(0)).__name__ == "DigitsVGG"
     leaky = tasks.get_task("digits", activation="leaky_relu").make_model(0)
@@ -67,6 +79,40 @@ def test_make_model_is_seeded() -> None:
     assert not all(torch.equal(a, c) for a, _, c in pairs)
 
 
+def test_splits_fixed_and_hashed() -> None:
+    """Every CPU task's splits are the same for every run seed (the seed orders batches only),
+    the data hash names them, and an option that changes the data changes the hash."""
+    small = {"num_samples": 500, "n_val": 50}
+    for name in ("grokking", "digits", "mnist1d"):
+        task = tasks.get_task(name, **(small if name == "mnist1d" else {}))
+        first, other = task.make_data(0), task.make_data(7)
+        assert torch.equal(first.x_test, other.x_test) and torch.equal(first.y_train, other.y_train)
+        assert first.val is not None and len(first.val[1]) > 0
+        assert task.data_hash() == first.data_hash() == other.data_hash()
+    changed = {
+        "grokking": {"split_seed": 1},
+        "digits": {"label_noise": 0.1},
+        "quadratic": {"problem": "weak"},
+        "mnist1d": {"num_samples": 500, "n_val": 40},
+    }
+    for name, options in changed.items():
+        base = tasks.get_task(name, **(small if name == "mnist1d" else {}))
+        assert base.data_hash() != tasks.get_task(name, **options).data_hash()
+
+
+def test_estimated_seconds() -> None:
+    for name in ("quadratic", "grokking", "digits", "mnist1d"):
+        task = tasks.get_task(name)
+        quick, full = (task.estimated_seconds(task.default_budget(s)) for s in ("quick", "full"))
+        assert 0 < quick < full
+    digits = tasks.get_task("digits")
+    steps, checkpoints = digits.budget_steps({"epochs": 2})
+    assert (steps, checkpoints) == (10, 2)
+    expected = 10 * digits.STEP_SECONDS + 3 * digits.EVAL_SECONDS
+    assert digits.estimated_seconds({"epochs": 2}) == pytest.approx(expected)
+    assert digits.estimated_seconds({"epochs": 2}, "sgdm_rms") == pytest.approx(2 * expected)
+
+
 # ---------------------------------------------------------------- grokking gap
 
 
@@ -77,7 +123,10 @@ def test_grokking_gap_on_constructed_curves() -> None:
         "test_acc": [0.0, 0.0, 0.1, 0.98, 0.99, 1.0],
     }
     assert grokking_gap(curves, 0.99) == {
-        "tau": 0.99, "train_reach_step": 20, "test_reach_step": 40, "gap": 20,
+        "tau": 0.99,
+        "train_reach_step": 20,
+        "test_reach_step": 40,
+        "gap": 20,
     }
     assert grokking_gap(curves, 0.9)["gap"] == 10
     never = grokking_gap({**curves, "test_acc": [0.0] * 6}, 0.99)
@@ -89,8 +138,9 @@ def test_grokking_gap_on_constructed_curves() -> None:
 # ---------------------------------------------------------------- quadratic
 
 
-def _gd_closed_form(lam: tuple[float, float], w0: tuple[float, float], lr: float, target: float,
-                    steps: int) -> int | None:
+def _gd_closed_form(
+    lam: tuple[float, float], w0: tuple[float, float], lr: float, target: float, steps: int
+) -> int | None:
     for k in range(steps + 1):
         loss = sum(0.5 * l * ((1 - lr * l) ** k * w) ** 2 for l, w in zip(lam, w0))
         if loss <= target:
@@ -124,8 +174,15 @@ def test_quadratic_signgd_and_lp() -> None:
     gd = task.run("sgd", {"lr": 0.3}, 0, {"steps": 20})
     lp2 = task.run("lpsgd", {"lr": 0.3, "p": 2.0}, 0, {"steps": 20})
     np.testing.assert_allclose(lp2["extra"]["trajectory"], gd["extra"]["trajectory"], rtol=1e-6)
-    assert set(sign["extra"]) == {"trajectory", "steps_to_target", "target_loss", "problem",
-                                  "diverged"}
+    assert set(sign["extra"]) == {
+        "trajectory",
+        "steps_to_target",
+        "target_loss",
+        "problem",
+        "diverged",
+        "data_hash",
+    }
+    assert sign["extra"]["data_hash"] == task.data_hash()
     assert sign["extra"]["problem"] == "strong"
     weak = task.run("sgd", {"lr": 0.3}, 0, {"steps": 3, "problem": "weak"})
     assert weak["extra"]["problem"] == "weak"
@@ -138,6 +195,11 @@ def test_quadratic_divergence_and_p_schedule() -> None:
     assert all(math.isfinite(v) for v in blown["curves"]["train_loss"])
     scheduled = task.run("lpsgd", {"lr": 0.05, "p_max": 8.0}, 0, {"steps": 10})
     assert not scheduled["extra"]["diverged"] and scheduled["steps"] == 10
+
+
+def test_quadratic_refuses_the_step_size_control() -> None:
+    with pytest.raises(ValueError, match="trainable tasks only"):
+        tasks.get_task("quadratic").run("sgdm_rms", {"lr": 0.1, "p_max": 6.0}, 0, {"steps": 2})
 
 
 def test_quadratic_callbacks() -> None:
@@ -196,12 +258,12 @@ def test_digits_tiny_run(model: str, activation: str) -> None:
     result = task.run("sgdm", {"lr": 0.05}, 0, budget, callbacks=[Cb()])
     _check_classification_result(result, 6)
     assert epochs == [1, 2] and result["curves"]["epoch"] == [0, 1, 2]
-    assert task.make_data(0).steps_per_epoch == math.ceil(1347 / 64)
+    assert task.make_data(0).steps_per_epoch == math.ceil(300 / 64)
     assert task.make_data(0).hessian_batch(32)[0].shape == (32, 1, 8, 8)
 
 
 def test_mnist1d_tiny_run() -> None:
-    task = tasks.get_task("mnist1d", num_samples=500)
+    task = tasks.get_task("mnist1d", num_samples=500, n_val=50)
     result = task.run("adamw", {"lr": 3e-3}, 1, {"epochs": 1, "batches_per_epoch": 2})
     _check_classification_result(result, 2)
     assert task.make_data(0).hessian_batch(8)[0].shape == (8, 1, 40)
@@ -210,12 +272,14 @@ def test_mnist1d_tiny_run() -> None:
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_tiny_run(tmp_path: Path, name: str) -> None:
     write_fake_cifar(tmp_path, name, per_file=2 if name == "cifar10" else 10)
-    task = tasks.get_task(name, data_dir=str(tmp_path), model="vgg11", batch_size=4,
-                          device="cpu")
+    task = tasks.get_task(
+        name, data_dir=str(tmp_path), model="vgg11", batch_size=4, device="cpu", n_val=2
+    )
     data = task.make_data(0)
-    assert data.steps_per_epoch == 3 and data.x_train.dtype == torch.float32
+    assert data.steps_per_epoch == 2 and data.x_train.dtype == torch.float32
+    assert data.val is not None and len(data.val[1]) == 2
     result = task.run("sgdm", {"lr": 0.01}, 0, {"epochs": 1})
-    _check_classification_result(result, 3)
+    _check_classification_result(result, 2)
     assert result["extra"]["num_params"] == (9_231_114 if name == "cifar10" else 9_277_284)
 
 

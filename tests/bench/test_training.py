@@ -1,4 +1,5 @@
-"""The shared training loop: schedules, budgets, callbacks, divergence, reproducibility."""
+"""The shared training loop: schedules, budgets, callbacks, divergence, reproducibility, pairing,
+and the control arms (fixed p, the RMS-matched SGD-momentum, AGR's measured relative change)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,16 @@ import pytest
 import torch
 from torch import nn
 
+from geoptim import create_optimizer
 from geoptim.bench.data import TensorData
 from geoptim.bench.tasks.base import TrainableTask
-from geoptim.bench.training import budget_steps, lr_factor, train
+from geoptim.bench.training import (
+    UpdateRMSRecorder,
+    budget_steps,
+    lr_factor,
+    step_measuring_agr,
+    train,
+)
 
 
 @dataclasses.dataclass
@@ -30,7 +38,7 @@ class ToyTask(TrainableTask):
         gen = torch.Generator().manual_seed(123)
         x = torch.randn(10, 3, generator=gen)
         y = (x[:, 0] > 0).long()
-        return TensorData(x, y, x[:6], y[:6], batch_size=4, seed=seed)
+        return TensorData(x, y, x[:6], y[:6], val=(x[6:], y[6:]), batch_size=4, seed=seed)
 
     def loss_fn(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         self.calls += 1
@@ -104,20 +112,41 @@ def test_epoch_budget_curves_and_callbacks() -> None:
     assert set(recorder.momenta) == {0.5}  # optimizer keywords reach the optimizer
     curves = result["curves"]
     assert curves["step"] == [0, 3, 6, 9, 12] and curves["epoch"] == [0, 1, 2, 3, 4]
-    keys = {"step", "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "time_s"}
+    keys = {
+        "step",
+        "epoch",
+        "lr",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "test_loss",
+        "test_acc",
+        "time_s",
+    }
     assert set(curves) == keys
     assert all(len(v) == 5 for v in curves.values())
     assert curves["time_s"] == sorted(curves["time_s"])
     assert fractions == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert result["final"] == {k: curves[k][-1] for k in keys - {"step", "epoch", "lr"}}
-    assert result["extra"] == {"diverged": False, "num_params": 50, "device": "cpu"}
+    data_hash = ToyTask().make_data(0).data_hash()
+    assert result["extra"] == {
+        "diverged": False,
+        "num_params": 50,
+        "device": "cpu",
+        "data_hash": data_hash,
+    }
     assert curves["train_loss"][-1] < curves["train_loss"][0]
 
 
 def test_step_budget_and_cosine_lr() -> None:
     recorder = Recorder()
     result = train(
-        ToyTask(), "sgd", {"lr": 0.2, "warmup_frac": 0.25}, 0, {"steps": 8, "eval_every": 5},
+        ToyTask(),
+        "sgd",
+        {"lr": 0.2, "warmup_frac": 0.25},
+        0,
+        {"steps": 8, "eval_every": 5},
         callbacks=[recorder],
     )
     assert result["curves"]["step"] == [0, 5, 8]
@@ -129,8 +158,14 @@ def test_step_budget_and_cosine_lr() -> None:
 
 def test_batches_per_epoch_cap() -> None:
     recorder = Recorder()
-    result = train(ToyTask(), "sgd", {"lr": 0.1}, 0, {"epochs": 3, "batches_per_epoch": 2},
-                   callbacks=[recorder])
+    result = train(
+        ToyTask(),
+        "sgd",
+        {"lr": 0.1},
+        0,
+        {"epochs": 3, "batches_per_epoch": 2},
+        callbacks=[recorder],
+    )
     assert result["steps"] == 6 and recorder.epochs == [1, 2, 3]
     assert result["curves"]["epoch"] == [0, 1, 2, 3]
 
@@ -146,8 +181,7 @@ def test_p_schedule_for_lpsgd() -> None:
 
 def test_divergence_stops_cleanly() -> None:
     recorder = Recorder()
-    result = train(ToyTask(nan_after=3), "sgd", {"lr": 0.1}, 0, {"epochs": 5},
-                   callbacks=[recorder])
+    result = train(ToyTask(nan_after=3), "sgd", {"lr": 0.1}, 0, {"epochs": 5}, callbacks=[recorder])
     assert result["extra"]["diverged"] is True
     assert result["steps"] == 2 and recorder.steps == [1, 2]
     assert result["curves"]["step"] == [0, 2]  # a last checkpoint where it stopped
@@ -172,3 +206,95 @@ def test_reproducible() -> None:
 def test_missing_lr() -> None:
     with pytest.raises(ValueError, match="lr"):
         train(ToyTask(), "sgd", {}, 0, {"epochs": 1})
+
+
+def test_constant_p_schedule_keeps_p_max() -> None:
+    result = train(
+        ToyTask(), "lpsgdm", {"lr": 0.01, "p_max": 6.0, "p_schedule": "constant"}, 0, {"epochs": 3}
+    )
+    assert result["curves"]["p"] == [6.0] * 4
+    with pytest.raises(ValueError, match="p_schedule"):
+        train(
+            ToyTask(),
+            "lpsgdm",
+            {"lr": 0.01, "p_max": 6.0, "p_schedule": "linear"},
+            0,
+            {"epochs": 1},
+        )
+
+
+class FirstLook:
+    """Records the initial weights and the first training mini-batch of a run."""
+
+    def on_train_begin(self, model: nn.Module, optimizer: Any) -> None:
+        self.weights = [p.detach().clone() for p in model.parameters()]
+
+        def first_batch(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            self.batch = inputs[0].clone()
+            handle.remove()
+
+        handle = model.register_forward_pre_hook(first_batch)
+
+
+def test_pairing_same_seed_same_start_and_first_batch() -> None:
+    """Two optimizers with the same seed start from the same weights and see the same first
+    batch; another seed changes both."""
+    looks = {}
+    for name, seed in (("sgdm", 5), ("adamw", 5), ("sgdm", 6)):
+        looks[name, seed] = look = FirstLook()
+        train(ToyTask(), name, {"lr": 0.01}, seed, {"epochs": 1}, callbacks=[look])
+    a, b, c = looks["sgdm", 5], looks["adamw", 5], looks["sgdm", 6]
+    assert all(torch.equal(x, y) for x, y in zip(a.weights, b.weights, strict=True))
+    assert torch.equal(a.batch, b.batch) and a.batch.shape == (4, 3)
+    assert not any(torch.equal(x, y) for x, y in zip(a.weights, c.weights, strict=True))
+    assert not torch.equal(a.batch, c.batch)
+
+
+def test_sgdm_rms_matches_lpsgdm_update_rms() -> None:
+    """The control's per-step per-tensor update RMS (weight decay aside) equals LPSGDM's."""
+    hp = {"lr": 0.02, "p_max": 6.0, "momentum": 0.9, "weight_decay": 0.1}
+    budget = {"epochs": 3}
+    lp, control = UpdateRMSRecorder(), UpdateRMSRecorder()
+    lp_result = train(ToyTask(), "lpsgdm", hp, 2, budget, callbacks=[lp])
+    result = train(ToyTask(), "sgdm_rms", hp, 2, budget, callbacks=[control])
+    assert len(control.schedule) == len(lp.schedule) == result["steps"] == 9
+    # float32: w_new - w_old carries rounding of order 1e-7 * |w| / |step|
+    assert torch.tensor(control.schedule) == pytest.approx(torch.tensor(lp.schedule), rel=1e-3)
+    assert min(min(row) for row in lp.schedule) > 0
+    # same start, a different direction: the trajectories differ
+    assert result["curves"]["train_loss"][0] == lp_result["curves"]["train_loss"][0]
+    assert result["curves"]["train_loss"][-1] != lp_result["curves"]["train_loss"][-1]
+    assert "p" not in result["curves"]
+    with pytest.raises(TypeError):  # hparams are checked as the paired LPSGDM run's
+        train(ToyTask(), "sgdm_rms", {**hp, "betas": (0.9, 0.99)}, 2, budget)
+
+
+@pytest.mark.parametrize("moments", ["both", "first"])
+def test_agr_relative_change_of_a_one_element_tensor(moments: str) -> None:
+    """AGR zeroes a one-element tensor's gradient (in both moments, or in the first only), so
+    AdamW (no weight decay) does not move it: the relative change is exactly 1."""
+    scalar = nn.Parameter(torch.tensor([0.5]))
+    optimizer = create_optimizer([scalar], "adamw_agr", lr=0.1, weight_decay=0.0, moments=moments)
+    scalar.grad = torch.tensor([2.0])
+    assert step_measuring_agr(optimizer) == 1.0
+    assert scalar.item() == 0.5 and optimizer.param_groups[0]["agr_step"] == 1
+
+
+def test_agr_relative_change_of_equal_magnitudes() -> None:
+    """Equal-magnitude gradient entries: AGR scales the gradient by 1 - 1/n, which Adam's first
+    step cannot see (relative change 0)."""
+    vector = nn.Parameter(torch.zeros(4))
+    optimizer = create_optimizer([vector], "adamw_agr", lr=0.1, eps=0.0, weight_decay=0.0)
+    vector.grad = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    assert step_measuring_agr(optimizer) == pytest.approx(0.0, abs=1e-6)
+    assert torch.allclose(vector.detach(), torch.tensor([-0.1, 0.1, -0.1, 0.1]))
+
+
+def test_agr_relative_change_recorded() -> None:
+    result = train(ToyTask(), "adamw_agr", {"lr": 0.01}, 0, {"epochs": 3})
+    change = result["extra"]["agr_relative_change"]
+    assert 0.0 < change < 1.0
+    assert (
+        "agr_relative_change"
+        not in train(ToyTask(), "adamw", {"lr": 0.01}, 0, {"epochs": 1})["extra"]
+    )

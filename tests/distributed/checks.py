@@ -420,6 +420,140 @@ def train_entry(outdir: Path) -> None:
         assert math.isclose(ddp["mean_batch_loss"], fsdp["mean_batch_loss"], rel_tol=1e-5)
 
 
+# -------------------------------------------------------------------------------- gradient presence
+
+#: The optimizers that reduce statistics of sharded parameters (every kernel mode of AGR and of
+#: the normalised directions, the per-tensor and the group-wide ones).
+PRESENCE_CASES = (
+    "sepnorm",
+    "sepnorm_global",
+    "ortsepnorm",
+    "ortsepnorm_single",
+    "normsgd",
+    "adamw_agr",
+    "adamw_agr_single",
+    "adan_clip",
+    "adan_agr",
+)
+TOY_NAMES = tuple(name for name, _ in toy_model().named_parameters())
+#: rank -> the parameters whose gradient is None on it.
+MISMATCHES: dict[str, dict[int, tuple[str, ...]]] = {
+    "which": {0: ("2.weight",), 1: ("4.weight",)},
+    "how many": {0: ("2.weight",), 1: ()},
+    "none on one rank": {0: TOY_NAMES, 1: ()},
+}
+
+
+def _sharded_step(
+    name: str, none_on: dict[int, tuple[str, ...]], mesh: DeviceMesh, named: bool = False
+) -> None:
+    """One step of a sharded toy model after setting the gradients ``none_on`` this rank to
+    None (``named``: the optimizer built from ``named_parameters()``, in one group)."""
+    model = shard_toy(toy_model(), mesh)
+    if named:
+        cls, kwargs, _ = CASES[name]
+        optimizer = cls(model.named_parameters(), **kwargs)
+    else:
+        optimizer = make_optimizer(name, model)
+    loss_fn(model, local_batch(0)).backward()
+    parameters = dict(model.named_parameters())
+    for parameter in none_on.get(dist.get_rank(), ()):
+        parameters[parameter].grad = None
+    optimizer.step()
+
+
+def _presence_error(name: str, none_on: dict[int, tuple[str, ...]], **kwargs: Any) -> str:
+    """The :class:`GradientPresenceError` message of that step, checked to be the same on
+    every rank."""
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    message = ""
+    try:
+        _sharded_step(name, none_on, mesh, **kwargs)
+    except _stats.GradientPresenceError as error:
+        message = str(error)
+    messages: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(messages, message)
+    assert message, f"{name}, {none_on}: no error on rank {dist.get_rank()}"
+    assert len(set(messages)) == 1, f"{name}: the ranks raised different errors {messages}"
+    assert "zero_grad(set_to_none=False)" in message, message  # the remedies
+    assert "same `set_to_none` choice on every rank" in message, message
+    return message
+
+
+def presence_mismatch_raises(_: Path) -> None:
+    """Ranks that differ in which parameters, or how many, have a gradient get the same clear
+    error, naming exactly the parameters that differ in the first statistics reduced (those of
+    param group 0; of every group for Adan's clip, which AdanAGR takes on the raw gradients),
+    instead of a wrong result or a hang."""
+    model = toy_model()
+    names = {id(p): n for n, p in model.named_parameters()}
+    labels = {
+        names[id(p)]: f"param group {g}, parameter {i}"
+        for g, group in enumerate(geoptim.param_groups(model, WEIGHT_DECAY))
+        for i, p in enumerate(group["params"])
+    }
+    for name in PRESENCE_CASES:
+        for scenario, none_on in MISMATCHES.items():
+            message = _presence_error(name, none_on)
+            differ = set(none_on[0]) ^ set(none_on[1])
+            for parameter, label in labels.items():
+                first = name.startswith("adan") or label.startswith("param group 0,")
+                named = f"{label} has a gradient on 1 of {dist.get_world_size()} ranks" in message
+                assert named == (first and parameter in differ), f"{name}, {scenario}: {message}"
+    message = _presence_error("sepnorm", MISMATCHES["which"], named=True)
+    assert "parameter 2 ('2.weight')" in message and "parameter 4 ('4.weight')" in message
+
+
+def presence_equal_parity(_: Path) -> None:
+    """The same gradients None on every rank: the single-process result exactly, with no
+    collective beyond the statistics reductions; all None everywhere: nothing moves."""
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    for name in (*PRESENCE_CASES, "lion", "sepnorm_element"):
+        needs_stats = CASES[name][2]
+        model = shard_toy(toy_model(), mesh)
+        optimizer = make_optimizer(name, model)
+        reference = toy_model()
+        ref_opt = make_optimizer(name, reference)
+        for step in range(STEPS):
+            loss_fn(model, local_batch(step)).backward()
+            loss_fn(reference, global_batch(step)).backward()
+            dropped = ("2.weight", "4.bias") if step == 1 else TOY_NAMES if step == 2 else ()
+            for m in (model, reference):
+                for parameter in dropped:
+                    dict(m.named_parameters())[parameter].grad = None
+            before = [full(p.detach()).clone() for p in model.parameters()]
+            with count_collectives() as counts:
+                optimizer.step()
+            ref_opt.step()
+            assert one_per_bucket(needs_stats)(counts) or step == 2, f"{name}: {counts}"
+            if step == 2:
+                after = [full(p.detach()) for p in model.parameters()]
+                assert all(torch.equal(a, b) for a, b in zip(before, after)), f"{name}: moved"
+            optimizer.zero_grad()
+            ref_opt.zero_grad()
+        assert_close(model, reference, name)
+
+
+def presence_elementwise_and_ddp(_: Path) -> None:
+    """Optimizers without statistics reduce nothing, so ranks with different gradients just
+    step (each shard on its own); under DDP no statistics are reduced at all."""
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    for name in ("lion", "signum", "lpsgdm", "adan", "sepnorm_element"):
+        for none_on in MISMATCHES.values():
+            with count_collectives() as counts:
+                _sharded_step(name, none_on, mesh)
+            assert counts["reductions"] == 0, f"{name}: {counts}"
+    for name in PRESENCE_CASES:
+        model = DistributedDataParallel(toy_model())
+        optimizer = make_optimizer(name, model)
+        loss_fn(model, local_batch(0)).backward()
+        if dist.get_rank() == 0:
+            next(model.parameters()).grad = None
+        with count_collectives() as counts:
+            optimizer.step()
+        assert counts["total"] == 0, f"{name}: {counts}"
+
+
 # -------------------------------------------------------------------------------- HSDP
 
 

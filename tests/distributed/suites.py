@@ -14,4 +14,9 @@ SUITES: dict[str, tuple[str, ...]] = {
         "train_entry",
     ),
     "hsdp": ("hsdp_stats_buckets", "hsdp_parity"),
+    "presence": (
+        "presence_mismatch_raises",
+        "presence_equal_parity",
+        "presence_elementwise_and_ddp",
+    ),
 }

@@ -44,3 +44,26 @@ def test_fsdp1_parameters_get_a_clear_error_only_where_statistics_are_needed():
     with pytest.raises(RuntimeError, match="fully_shard"):
         geoptim.AdamWAGR([flat_param()]).step()
     geoptim.Lion([flat_param()]).step()  # element-wise: correct on flattened shards
+
+
+def test_declaration_covers_every_parameter_and_the_tensors_those_present():
+    """The kernels pass the tensors of the parameters marked present, in order."""
+    shards = [
+        _stats.Sharding(mesh=None, dims=(0,), numel=6, local_shape=torch.Size([3])),
+        _stats.Sharding(mesh=None, dims=(0,), numel=8, local_shape=torch.Size([2, 2])),
+    ]
+    with _stats.sharded(shards, present=[False, True]):
+        assert _stats.global_numels([torch.ones(2, 2)]) == [8]
+        with pytest.raises(RuntimeError, match="do not match"):
+            _stats.global_numels([torch.ones(3), torch.ones(2, 2)])
+
+
+def test_parameter_labels_name_parameters_where_known():
+    model = torch.nn.Linear(2, 3)
+    named = geoptim.SepNorm(model.named_parameters()).param_groups[0]
+    assert _stats.parameter_labels(named, "param group 0, ") == [
+        "param group 0, parameter 0 ('weight')",
+        "param group 0, parameter 1 ('bias')",
+    ]
+    plain = geoptim.SepNorm(model.parameters()).param_groups[0]
+    assert _stats.parameter_labels(plain) == ["parameter 0", "parameter 1"]

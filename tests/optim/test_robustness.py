@@ -144,3 +144,17 @@ def test_p_infinity_is_allowed_and_means_sign():
     p.grad = torch.tensor([2.0, -0.5, 0.0])
     opt.step()
     torch.testing.assert_close(p.detach(), torch.tensor([-0.1, 0.1, 0.0]))
+
+
+@pytest.mark.parametrize("name", ["lion", "signum", "signsgd"])
+@pytest.mark.parametrize("kw", [{"foreach": False}, {"foreach": True}, {"fused": True}])
+def test_nan_gradient_shows_in_the_weights_like_torch(name, kw):
+    """sign(NaN) is 0, which used to leave the weight finite while the momentum held NaN
+    forever; the sign family now lets a NaN gradient show in the weight, as torch's SGD does."""
+    grad = torch.tensor([math.nan, 1.0, -1.0, 0.0])
+    p, q = torch.ones(4, requires_grad=True), torch.ones(4, requires_grad=True)
+    p.grad, q.grad = grad.clone(), grad.clone()
+    CASES[name]([p], **kw).step()
+    torch.optim.SGD([q], lr=0.1).step()
+    assert torch.equal(p.isnan(), q.isnan())
+    assert torch.isnan(p[0]) and torch.isfinite(p[1:]).all()

@@ -114,8 +114,7 @@ def test_kernel_mode_and_argument_checks():
     assert _compiled.kernel_mode({"foreach": True, "fused": True}) == "fused"
     assert _compiled.kernel_mode({"foreach": None, "fused": False}) == "multi"
     assert _compiled.kernel_mode({"foreach": None}) == "fused"  # state dict from before `fused`
-    with pytest.raises(ValueError, match="fused"):
-        geoptim.Lion([torch.zeros(2, requires_grad=True)], fused=True, foreach=False)
+    assert _compiled.kernel_mode({"foreach": False, "fused": True}) == "fused"  # as torch.optim
     with pytest.raises(ValueError, match="fused"):
         geoptim.Adan([torch.zeros(2, requires_grad=True)], fused="yes")
 
@@ -130,11 +129,15 @@ def test_only_plain_contiguous_float_cpu_tensors_are_fusable():
 
 
 @pytest.mark.parametrize("name", ["lion", "sepnorm_global", "lpsgdm_p6", "adan", "adan_agr"])
-def test_falls_back_when_the_library_cannot_be_built(name, monkeypatch, small_tensors_fused):
+def test_falls_back_when_the_library_cannot_be_built(
+    name, monkeypatch, tmp_path, small_tensors_fused
+):
     """No compiler: one warning, then the multi-tensor path, with the reference's results."""
     monkeypatch.setattr(_compiled, "_library", None)
     monkeypatch.setattr(_compiled, "_tried", False)
-    monkeypatch.setattr(_compiled, "_build", lambda: None)
+    monkeypatch.setenv("GEOPTIM_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr("shutil.which", lambda _: None)
     results = []
     for kw in ({"foreach": False}, {"fused": True}):
         params = make_params(torch.float64)

@@ -34,6 +34,6 @@ def test_every_default_row_builds_and_steps():
 
 def test_unknown_rows_are_rejected(tmp_path, capsys):
     assert cli.main(["speed", "--optimizers", "nope", "--out", str(tmp_path)]) == 2
-    assert "unknown row" in capsys.readouterr().out
+    assert "unknown row" in capsys.readouterr().err
     with pytest.raises(ValueError, match="geoptim optimizers only"):
         speed._resolve("sgdm_fused:foreach")

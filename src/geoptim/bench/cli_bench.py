@@ -9,14 +9,16 @@ from typing import TYPE_CHECKING
 
 from geoptim.bench.cli_common import (
     ConfigError,
+    check_hparams,
     check_optimizers,
-    check_tasks,
-    fail,
     make_task,
-    parse_task,
     positive_int,
     split_names,
+    split_tasks,
+    task_variant,
+    writable_dir,
 )
+from geoptim.bench.executors import add_executor_arguments
 
 if TYPE_CHECKING:
     from geoptim.bench.records import RunSpec
@@ -28,76 +30,150 @@ DEFAULT_OUT = "geoptim-bench"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from geoptim.bench.suites import suite_names
 
-    parser.add_argument("--suite", default="quick", choices=suite_names(),
-                        help="quick: CPU-scale, under 10 min on 2 cores (default); full: the "
-                             "papers' protocol")
-    parser.add_argument("--tasks", nargs="+", metavar="TASK",
-                        help="only these tasks; a task may carry options, e.g. "
-                             "digits:model=vgg")
-    parser.add_argument("--optimizers", nargs="+", metavar="OPT",
-                        help="only these optimizers (comparisons run exactly these)")
-    parser.add_argument("--seeds", type=positive_int, metavar="N",
-                        help="seeds per setting (default: the suite's, 3 for quick)")
-    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
-                        help=f"output directory for records and report (default {DEFAULT_OUT})")
-    parser.add_argument("--presets", choices=("paper", "tuned"), default="paper",
-                        help="hyper-parameters: the papers' (default) or those `geoptim tune` "
-                             "wrote to DIR/presets (paper where none was tuned)")
-    parser.add_argument("--preset-file", action="append", default=[], metavar="FILE",
-                        help="use this tuned preset JSON (repeatable)")
-    parser.add_argument("--workers", type=positive_int, metavar="N",
-                        help="parallel worker processes, one torch thread each (default: one per "
-                             "core)")
+    parser.add_argument(
+        "--suite",
+        default="quick",
+        choices=suite_names(),
+        help="quick: CPU-scale, under 10 min on 2 cores (default); standard: under 60 min on 2 "
+        "cores; full: the papers' protocol (GPU)",
+    )
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        metavar="TASK",
+        help="only these tasks; a task may carry options, e.g. digits:model=vgg",
+    )
+    parser.add_argument(
+        "--optimizers",
+        nargs="+",
+        metavar="OPT",
+        help="only these optimizers (comparisons run exactly these)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=positive_int,
+        metavar="N",
+        help="seeds per setting (default: the suite's, 3 for quick)",
+    )
+    parser.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        metavar="DIR",
+        help=f"output directory for records and report (default {DEFAULT_OUT})",
+    )
+    parser.add_argument(
+        "--presets",
+        choices=("paper", "tuned"),
+        default="tuned",
+        help="hyper-parameters: tuned on validation data (default: the shipped ones, replaced "
+        "by those `geoptim tune` wrote to DIR/presets; paper where none was tuned) or the papers'",
+    )
+    parser.add_argument(
+        "--preset-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="use this tuned preset JSON (repeatable)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help="parallel worker processes, --cpus-per-run torch threads each (default: one per core)",
+    )
+    add_executor_arguments(parser)
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another geoptim bench is using --out, wait for it (default: stop)",
+    )
+    parser.add_argument(
+        "--accept-other-versions",
+        action="store_true",
+        help="count records of other geoptim versions as done and report them",
+    )
     parser.add_argument("--quiet", action="store_true", help="log lines instead of a bar")
-    parser.add_argument("--dry-run", action="store_true", help="list the runs and stop")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan with its estimated time, list the runs and stop")
     parser.add_argument("--no-report", action="store_true", help="do not build the report")
 
 
 def plan(args: argparse.Namespace) -> list[RunSpec]:
-    """The run specs the arguments ask for; :class:`ConfigError` on any bad value."""
-    from geoptim.bench.presets import PRESETS_SUBDIR, Presets, load_preset_file
+    """The run specs the arguments ask for; :class:`ConfigError` on any bad value (the output
+    directory included: created and test-written unless ``--dry-run``)."""
+    from geoptim.bench.presets import PRESETS_SUBDIR, load_presets
+    from geoptim.bench.records import canonical_json, records_dir
     from geoptim.bench.suites import build_specs, select
 
-    tasks = [parse_task(t) for t in split_names(args.tasks)] if args.tasks else None
+    tasks = [task_variant(t) for t in split_tasks(args.tasks)] if args.tasks else None
     optimizers = split_names(args.optimizers) if args.optimizers else None
-    if tasks is not None:
-        check_tasks(tasks)
     if optimizers is not None:
+        if not optimizers:
+            raise ConfigError("--optimizers names no optimizer")
         check_optimizers(optimizers)
-    files = list(args.preset_file)
-    if args.presets == "tuned":
-        files = sorted((Path(args.out) / PRESETS_SUBDIR).glob("*.json")) + files
     try:
-        tuned = [load_preset_file(path) for path in files]
+        presets = load_presets(args.presets, Path(args.out) / PRESETS_SUBDIR, args.preset_file)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     experiments = select(args.suite, tasks, optimizers, args.seeds)
     if not experiments:
-        raise ConfigError("no run left: the optimizers chosen appear in none of the suite's "
-                          "experiments")
+        raise ConfigError(
+            "no run left: the optimizers chosen appear in none of the suite's experiments"
+        )
     check_optimizers({name for exp in experiments for name in exp.optimizers})
-    return build_specs(experiments, Presets(tuned), args.suite, make_task)
+    specs = build_specs(experiments, presets, args.suite, make_task)
+    writable_dir(args.out, create=False)  # a file in the way is found before the slower checks
+    settings = {(s.optimizer, canonical_json(s.hparams)): s for s in specs}
+    for spec in settings.values():
+        check_hparams(spec.optimizer, spec.hparams)
+    if not args.dry_run:
+        writable_dir(args.out)
+        writable_dir(records_dir(args.out), what="the records directory")
+    return specs
 
 
 def run(args: argparse.Namespace) -> int:
+    from geoptim.bench.executors import ExecutorError, make_executor
+    from geoptim.bench.records import SelectionError
     from geoptim.bench.report import build_report
-    from geoptim.bench.runner import default_workers, describe, execute
+    from geoptim.bench.runner import DirectoryBusy, default_workers, describe, execute
 
-    try:
-        specs = plan(args)
-    except ConfigError as err:
-        return fail("bench", str(err))
+    specs = plan(args)
     if args.dry_run:
+        from geoptim.bench.suites import plan_text
+
+        print(plan_text(specs, make_task, args.workers or default_workers()))
         for spec in specs:
             print(f"{spec.run_id}  {describe(spec)}  {spec.hparams}  {spec.budget}")
         print(f"{len(specs)} runs")
         return 0
-    workers = args.workers or default_workers()
+    workers = args.workers or default_workers(args.cpus_per_run)
     start = time.perf_counter()
-    summary = execute(specs, args.out, workers=workers, quiet=args.quiet)
+    try:
+        executor = make_executor(args, min(workers, len(specs)))
+        summary = execute(
+            specs,
+            args.out,
+            quiet=args.quiet,
+            executor=executor,
+            wait=args.wait,
+            accept_other_versions=args.accept_other_versions,
+        )
+    except (ExecutorError, DirectoryBusy) as err:
+        raise ConfigError(str(err)) from None
+    executor.close()
     elapsed = time.perf_counter() - start
-    print(f"{len(summary.ran) - len(summary.failed)} runs done, {summary.skipped} already "
-          f"recorded, {len(summary.failed)} failed, in {elapsed:.0f}s ({workers} workers)")
+    print(
+        f"{len(summary.ran) - len(summary.failed)} runs done, {summary.skipped} already "
+        f"recorded, {len(summary.failed)} failed, in {elapsed:.0f}s ({executor.slots} "
+        f"{'workers' if args.executor == 'local' else 'Ray slots'})"
+    )
     if not args.no_report:
-        print(f"report: {build_report(args.out)}")
+        try:
+            report = build_report(
+                args.out, suite=args.suite, accept_other_versions=args.accept_other_versions
+            )
+        except SelectionError as err:
+            raise ConfigError(str(err)) from None
+        print(f"report: {report}")
     return 1 if summary.failed else 0

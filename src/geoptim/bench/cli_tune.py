@@ -8,12 +8,13 @@ from geoptim.bench.cli_bench import DEFAULT_OUT
 from geoptim.bench.cli_common import (
     ConfigError,
     check_optimizers,
-    check_tasks,
-    fail,
     make_task,
-    parse_task,
     positive_int,
+    task_data,
+    task_variant,
+    writable_dir,
 )
+from geoptim.bench.executors import add_executor_arguments
 
 HELP = "grid/random search over lr and weight decay (and p_max), best setting saved as a preset"
 
@@ -21,37 +22,78 @@ HELP = "grid/random search over lr and weight decay (and p_max), best setting sa
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from geoptim.bench.suites import suite_names
 
-    parser.add_argument("--task", required=True, metavar="TASK",
-                        help="the task, optionally with options (digits:model=vgg)")
+    parser.add_argument(
+        "--task",
+        required=True,
+        metavar="TASK",
+        help="the task, optionally with options (digits:model=vgg)",
+    )
     parser.add_argument("--optimizer", required=True, metavar="OPT")
-    parser.add_argument("--budget", type=positive_int, default=12, metavar="N",
-                        help="number of settings to try (default 12; the paper preset is one)")
-    parser.add_argument("--seeds", type=positive_int, default=1, metavar="N",
-                        help="seeds per setting (default 1)")
-    parser.add_argument("--suite", default="quick", choices=suite_names(),
-                        help="whose run budget each trial gets (default quick)")
-    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
-                        help=f"writes DIR/presets/<task>__<opt>.json (default {DEFAULT_OUT}); "
-                             "`geoptim bench --presets tuned --out DIR` uses it")
-    parser.add_argument("--workers", type=positive_int, metavar="N",
-                        help="parallel worker processes (default: one per core)")
+    parser.add_argument(
+        "--budget",
+        type=positive_int,
+        default=12,
+        metavar="N",
+        help="number of settings to try (default 12; the paper preset is one)",
+    )
+    parser.add_argument(
+        "--seeds", type=positive_int, default=1, metavar="N", help="seeds per setting (default 1)"
+    )
+    parser.add_argument(
+        "--suite",
+        default="quick",
+        choices=suite_names(),
+        help="whose run budget each trial gets (default quick)",
+    )
+    parser.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        metavar="DIR",
+        help=f"writes DIR/presets/<task>__<opt>.json (default {DEFAULT_OUT}); "
+        "`geoptim bench --presets tuned --out DIR` uses it",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help="parallel worker processes (default: one per core)",
+    )
+    add_executor_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="log lines instead of a bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from geoptim.bench.runner import default_workers
-    from geoptim.bench.tune import tune
+    from geoptim.bench.executors import ExecutorError, make_executor
+    from geoptim.bench.presets import PRESETS_SUBDIR
+    from geoptim.bench.records import records_dir
+    from geoptim.bench.runner import DirectoryBusy, default_workers
+    from geoptim.bench.tune import TUNE_SUBDIR, tune
 
+    name, overrides = task_variant(args.task)
+    check_optimizers([args.optimizer])
+    task = make_task(name, overrides)
+    if hasattr(task, "make_data"):
+        task_data(task, 0)  # missing data (CIFAR) would fail every trial
+    out = writable_dir(args.out)
+    writable_dir(out / PRESETS_SUBDIR, what="the presets directory")
+    writable_dir(records_dir(out / TUNE_SUBDIR), what="the trials' records directory")
     try:
-        name, overrides = parse_task(args.task)
-        check_tasks([(name, overrides)])
-        check_optimizers([args.optimizer])
-        task = make_task(name, overrides)
-    except ConfigError as err:
-        return fail("tune", str(err))
-    path, trials = tune(task, name, overrides, args.optimizer, args.budget, args.out,
-                        seeds=args.seeds, suite=args.suite,
-                        workers=args.workers or default_workers(), quiet=args.quiet)
+        executor = make_executor(args, args.workers or default_workers(args.cpus_per_run))
+        path, trials = tune(
+            task,
+            name,
+            overrides,
+            args.optimizer,
+            args.budget,
+            args.out,
+            seeds=args.seeds,
+            suite=args.suite,
+            quiet=args.quiet,
+            executor=executor,
+        )
+    except (ExecutorError, DirectoryBusy) as err:
+        raise ConfigError(str(err)) from None
+    executor.close()
     for trial in trials:
         print(f"score {trial.score:.4f}  {trial.setting}")
     print(f"best: {trials[0].setting} -> {path}")

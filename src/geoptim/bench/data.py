@@ -1,28 +1,38 @@
 """Data for the benchmark tasks, all built locally (nothing is ever downloaded).
 
+Every loader returns fixed :class:`Splits` (train / validation / test), the same for every run
+seed: the validation split is what tuning may look at, the test split is only ever reported.
+
 * :func:`modular_addition` -- every pair ``(a, b)`` of residues mod ``p``, label ``(a + b) % p``,
-  split at random (fixed split seed) into a train fraction and the rest.
-* :func:`load_digits_split` -- ``sklearn``'s bundled 8x8 digits, a fixed stratified 75/25 split,
-  each pixel standardised with the training mean and std (constant pixels are only centred).
+  split at random (fixed split seed) into a train fraction, a validation fraction and the rest.
+* :func:`load_digits_split` -- ``sklearn``'s bundled 8x8 digits: fixed stratified test and
+  validation sets, a stratified training subset of ``n_train`` images whose labels may be
+  corrupted (``label_noise``, training split only); pixels standardised with the training mean and
+  std (constant pixels are only centred).
 * :func:`load_mnist1d` -- MNIST-1D produced by the ``mnist1d`` package's procedural generator
-  (``make_dataset`` with its default arguments and a fixed seed; never its download path),
-  cached in memory per process.
+  (``make_dataset`` with its default arguments and a fixed seed; never its download path), the
+  last ``n_val`` training signals held out for validation; cached in memory per process.
 * :func:`load_cifar` -- CIFAR-10/100 from the standard python-pickle folders, validated with errors
   that name the path and the expected files; :func:`augment_cifar` does random-crop (pad 4) and
   horizontal flips with tensor ops, :func:`normalize_cifar` the per-channel normalisation.
 
 :class:`TensorData` is the ``TaskData`` the trainable tasks return: seeded mini-batches per epoch,
-``evaluate(model)`` on the train and test sets, and a fixed ``hessian_batch(n)``.
+``evaluate(model)`` on the train, validation and test sets, a fixed ``hessian_batch(n)`` and
+``data_hash()`` (a SHA-256 prefix of every split's tensors: records carry it, so two runs can be
+checked to have seen the same data).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import pickle
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,19 +42,46 @@ from torch.nn import functional as F
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+@dataclass(frozen=True)
+class Splits:
+    """The fixed train / validation / test data of a task (inputs and int64 labels each)."""
+
+    train: Batch
+    val: Batch
+    test: Batch
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(batch[1]) for name, batch in self.named()}
+
+    def named(self) -> tuple[tuple[str, Batch], ...]:
+        return (("train", self.train), ("val", self.val), ("test", self.test))
+
+
+def tensors_hash(named: dict[str, torch.Tensor]) -> str:
+    """A 16-hex-digit SHA-256 prefix of the tensors' names, dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for name in sorted(named):
+        tensor = named[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 # --------------------------------------------------------------------------------------------
 # TaskData
 
 
 class TensorData:
-    """In-memory train/test tensors with the ``TaskData`` interface.
+    """In-memory train / validation / test tensors with the ``TaskData`` interface.
 
     ``train_batches(epoch)`` shuffles with a generator seeded by ``(seed, epoch)`` (so it does not
     touch the global RNG) and yields ``batch_size`` slices (the last one may be smaller); with
     ``batch_size=None`` it yields the whole training set once (full batch). ``augment``, if given,
-    is applied to every training batch with that generator. ``evaluate`` runs the model in eval mode
-    on (at most ``eval_train_size`` of) the training set and on the test set and returns
-    ``train_loss, train_acc, test_loss, test_acc``; it leaves the model in the mode it found it in.
+    is applied to every training batch with that generator, so the data order of a seed is the same
+    for every optimizer. ``evaluate`` runs the model in eval mode on (at most ``eval_train_size``
+    of) the training set, the validation set (``val``, when given) and the test set and returns
+    ``train_loss, train_acc, [val_loss, val_acc,] test_loss, test_acc``; it leaves the model in the
+    mode it found it in.
     """
 
     def __init__(
@@ -56,12 +93,14 @@ class TensorData:
         *,
         batch_size: int | None,
         seed: int,
+        val: Batch | None = None,
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         eval_batch_size: int = 2048,
         eval_train_size: int | None = None,
     ) -> None:
         self.x_train, self.y_train = x_train, y_train
         self.x_test, self.y_test = x_test, y_test
+        self.val = val
         self.batch_size = batch_size
         self.seed = seed
         self.augment = augment
@@ -72,7 +111,28 @@ class TensorData:
         """Move the train and test tensors to ``device`` (in place; returns ``self``)."""
         self.x_train, self.y_train = self.x_train.to(device), self.y_train.to(device)
         self.x_test, self.y_test = self.x_test.to(device), self.y_test.to(device)
+        if self.val is not None:
+            self.val = (self.val[0].to(device), self.val[1].to(device))
         return self
+
+    @classmethod
+    def from_splits(cls, splits: Splits, **options: Any) -> TensorData:
+        """``TensorData(*splits.train, *splits.test, val=splits.val, **options)``."""
+        return cls(*splits.train, *splits.test, val=splits.val, **options)
+
+    def data_hash(self) -> str:
+        """:func:`tensors_hash` of every split (computed once)."""
+        if getattr(self, "_hash", None) is None:
+            named = {
+                "x_train": self.x_train,
+                "y_train": self.y_train,
+                "x_test": self.x_test,
+                "y_test": self.y_test,
+            }
+            if self.val is not None:
+                named.update(x_val=self.val[0], y_val=self.val[1])
+            self._hash = tensors_hash(named)
+        return self._hash
 
     @property
     def steps_per_epoch(self) -> int:
@@ -105,14 +165,14 @@ class TensorData:
         train = _loss_acc(
             model, self.x_train[:n_train], self.y_train[:n_train], self.eval_batch_size
         )
+        metrics = {"train_loss": train[0], "train_acc": train[1]}
+        if self.val is not None:
+            val = _loss_acc(model, *self.val, self.eval_batch_size)
+            metrics.update(val_loss=val[0], val_acc=val[1])
         test = _loss_acc(model, self.x_test, self.y_test, self.eval_batch_size)
+        metrics.update(test_loss=test[0], test_acc=test[1])
         model.train(was_training)
-        return {
-            "train_loss": train[0],
-            "train_acc": train[1],
-            "test_loss": test[0],
-            "test_acc": test[1],
-        }
+        return metrics
 
 
 def _loss_acc(
@@ -132,42 +192,85 @@ def _loss_acc(
 # Modular addition
 
 
-def modular_addition(p: int, train_frac: float, split_seed: int = 0) -> tuple[Batch, Batch]:
+def modular_addition(
+    p: int, train_frac: float, split_seed: int = 0, val_frac: float = 0.0
+) -> Splits:
     """All ``p*p`` pairs ``x = (a, b)`` (int64, shape ``(p*p, 2)``), ``y = (a + b) % p``, randomly
-    split: ``round(train_frac * p*p)`` pairs for training, the rest for testing."""
-    if not 0.0 < train_frac < 1.0:
-        raise ValueError(f"train_frac must lie in (0, 1), got {train_frac}")
+    split: ``round(train_frac * p*p)`` pairs for training, the next ``round(val_frac * p*p)`` for
+    validation, the rest for testing."""
+    if not 0.0 < train_frac < 1.0 or not 0.0 <= val_frac < 1.0 - train_frac:
+        raise ValueError(
+            f"need 0 < train_frac < 1 and 0 <= val_frac < 1 - train_frac, got "
+            f"{train_frac}, {val_frac}"
+        )
     a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
     x = torch.stack([a.flatten(), b.flatten()], dim=1)
     y = (x[:, 0] + x[:, 1]) % p
     order = torch.randperm(p * p, generator=torch.Generator().manual_seed(split_seed))
-    n_train = round(train_frac * p * p)
-    tr, te = order[:n_train], order[n_train:]
-    return (x[tr], y[tr]), (x[te], y[te])
+    n_train, n_val = round(train_frac * p * p), round(val_frac * p * p)
+    tr, va, te = order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
+    return Splits((x[tr], y[tr]), (x[va], y[va]), (x[te], y[te]))
 
 
 # --------------------------------------------------------------------------------------------
 # sklearn digits
 
 
-@functools.lru_cache(maxsize=1)
-def load_digits_split() -> tuple[Batch, Batch]:
-    """``(x_train, y_train), (x_test, y_test)``: 1347 / 450 images of shape ``(1, 8, 8)``, float32,
-    standardised per pixel with training statistics; stratified split with ``random_state=0``."""
+DIGITS_TEST_SIZE = 450
+DIGITS_VAL_SIZE = 300
+
+
+def corrupt_labels(y: torch.Tensor, fraction: float, num_classes: int, seed: int) -> torch.Tensor:
+    """A copy of ``y`` in which ``round(fraction * len(y))`` labels, chosen at random (``seed``),
+    are replaced by a different class drawn uniformly."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"label noise must lie in [0, 1], got {fraction}")
+    gen = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(len(y), generator=gen)[: round(fraction * len(y))]
+    shift = torch.randint(1, num_classes, (len(chosen),), generator=gen)
+    noisy = y.clone()
+    noisy[chosen] = (y[chosen] + shift) % num_classes
+    return noisy
+
+
+@functools.lru_cache(maxsize=4)
+def load_digits_split(
+    n_train: int | None = None, label_noise: float = 0.0, split_seed: int = 0
+) -> Splits:
+    """``sklearn`` digits as 1 x 8 x 8 float32 images: a stratified test set of
+    :data:`DIGITS_TEST_SIZE` (``random_state=split_seed``), a stratified validation set of
+    :data:`DIGITS_VAL_SIZE` from the rest, and a stratified subset of ``n_train`` of the remaining
+    1047 images for training (all of them when ``None``). A ``label_noise`` fraction of the
+    training labels is corrupted (:func:`corrupt_labels`); validation and test labels are clean.
+    Pixels are standardised with the training statistics."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        digits.data, digits.target, test_size=0.25, stratify=digits.target, random_state=0
+    x_rest, x_te, y_rest, y_te = train_test_split(
+        digits.data,
+        digits.target,
+        test_size=DIGITS_TEST_SIZE,
+        stratify=digits.target,
+        random_state=split_seed,
     )
+    x_tr, x_va, y_tr, y_va = train_test_split(
+        x_rest, y_rest, test_size=DIGITS_VAL_SIZE, stratify=y_rest, random_state=split_seed
+    )
+    if n_train is not None and n_train < len(y_tr):
+        x_tr, _, y_tr, _ = train_test_split(
+            x_tr, y_tr, train_size=n_train, stratify=y_tr, random_state=split_seed
+        )
     mean, std = x_tr.mean(0), x_tr.std(0)
     std[std == 0] = 1.0
 
-    def prep(x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy((x - mean) / std).float().reshape(-1, 1, 8, 8)
+    def prep(x: np.ndarray, y: np.ndarray) -> Batch:
+        images = torch.from_numpy((x - mean) / std).float().reshape(-1, 1, 8, 8)
+        return images, torch.from_numpy(y).long()
 
-    return (prep(x_tr), torch.from_numpy(y_tr).long()), (prep(x_te), torch.from_numpy(y_te).long())
+    x_train, y_train = prep(x_tr, y_tr)
+    y_train = corrupt_labels(y_train, label_noise, 10, split_seed)
+    return Splits((x_train, y_train), prep(x_va, y_va), prep(x_te, y_te))
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,10 +278,11 @@ def load_digits_split() -> tuple[Batch, Batch]:
 
 
 @functools.lru_cache(maxsize=4)
-def load_mnist1d(num_samples: int = 5000, seed: int = 42) -> tuple[Batch, Batch]:
-    """MNIST-1D from the procedural generator: defaults give 4000 train / 1000 test signals of
-    shape ``(1, 40)`` (float32, globally standardised by the generator). The generator seeds
-    Python's and NumPy's global RNGs; their states are restored afterwards."""
+def load_mnist1d(num_samples: int = 5000, seed: int = 42, n_val: int = 500) -> Splits:
+    """MNIST-1D from the procedural generator: defaults give 3500 train / 500 validation (the
+    last ``n_val`` of the generator's training signals) / 1000 test signals of shape ``(1, 40)``
+    (float32, globally standardised by the generator). The generator seeds Python's and NumPy's
+    global RNGs; their states are restored afterwards."""
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
@@ -190,10 +294,15 @@ def load_mnist1d(num_samples: int = 5000, seed: int = 42) -> tuple[Batch, Batch]
         random.setstate(py_state)
         np.random.set_state(np_state)
 
-    def prep(x: np.ndarray, y: np.ndarray) -> Batch:
-        return torch.from_numpy(x).float().unsqueeze(1), torch.from_numpy(y).long()
-
-    return prep(data["x"], data["y"]), prep(data["x_test"], data["y_test"])
+    x = torch.from_numpy(data["x"]).float().unsqueeze(1)
+    y = torch.from_numpy(data["y"]).long()
+    if not 0 <= n_val < len(y):
+        raise ValueError(f"n_val must lie in [0, {len(y)}), got {n_val}")
+    x_test = torch.from_numpy(data["x_test"]).float().unsqueeze(1)
+    cut = len(y) - n_val
+    return Splits(
+        (x[:cut], y[:cut]), (x[cut:], y[cut:]), (x_test, torch.from_numpy(data["y_test"]).long())
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,6 +373,16 @@ def load_cifar(name: str, data_dir: str | os.PathLike[str] | None = None) -> tup
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
     return read(train_files), read(test_files)
+
+
+def hold_out(batch: Batch, n_val: int, seed: int = 0) -> tuple[Batch, Batch]:
+    """``(rest, held_out)``: ``n_val`` examples of ``batch`` chosen at random (``seed``)."""
+    x, y = batch
+    if not 0 <= n_val < len(y):
+        raise ValueError(f"cannot hold out {n_val} of {len(y)} examples")
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    keep, held = order[: len(y) - n_val], order[len(y) - n_val :]
+    return (x[keep], y[keep]), (x[held], y[held])
 
 
 def normalize_cifar(x: torch.Tensor, name: str) -> torch.Tensor:

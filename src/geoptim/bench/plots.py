@@ -1,4 +1,5 @@
-"""The report's figures, each drawn from one section's records.
+"""The report's figures: per section (learning curves, grokking, trajectories, gap against
+lr * wd) and one forest plot of every claim of the suite.
 
 Figures are ``matplotlib.figure.Figure`` objects saved straight to PNG (the Agg renderer), so no
 pyplot state or GUI backend is involved.
@@ -16,7 +17,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from geoptim.bench.claims import grokking_gaps
+from geoptim.bench import stats
+from geoptim.bench.claims import ClaimRow, lr_wd, wd_sweep
 from geoptim.bench.results import Section, Series
 
 DPI = 100
@@ -85,26 +87,30 @@ def grokking_curves(section: Section, path: Path) -> bool:
             x, values = s.curve(metric)
             ax.plot(x, np.nanmean(values, axis=0) * 100, style, label=metric.replace("_", " "))
         train = [v for v in s.extra("train_reach_step") if v is not None]
-        gaps, censored = grokking_gaps(s)
+        gaps, observed = s.gaps()
         if train and len(gaps):
             start = float(np.mean(train))
             end = start + float(np.mean(gaps))
             ax.axvspan(start, end, color="tab:red", alpha=0.15)
-            mark = "≥" if censored else ""
-            ax.set_title(f"{s.label}: gap {mark}{np.mean(gaps):.0f} steps", fontsize=9)
+            mark = "≥" if not observed.all() else ""
+            ax.set_title(
+                f"{s.label}: gap {mark}{np.mean(gaps):.0f} steps ({len(train)}/{s.n} fit)",
+                fontsize=9,
+            )
         else:
             ax.set_title(f"{s.label}: train never reached τ", fontsize=9)
         if tau is not None:
             ax.axhline(tau * 100, color="gray", lw=0.8, ls=":")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(series):]:
+    for ax in list(axes.flat)[len(series) :]:
         ax.axis("off")
     axes[0][0].set_ylabel("accuracy (%)")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{section.title}: accuracy, mean over seeds (shaded: train reaches τ → test "
-                 "reaches τ)",
-                 fontsize=10)
+    fig.suptitle(
+        f"{section.title}: accuracy, mean over seeds (shaded: train reaches τ → test reaches τ)",
+        fontsize=10,
+    )
     _layout(fig)
     fig.savefig(path, dpi=DPI)
     return True
@@ -122,8 +128,10 @@ def trajectories(section: Section, path: Path) -> bool:
     if matrix is not None:
         lo, hi = points.min(axis=0), points.max(axis=0)
         pad = 0.1 * (hi - lo + 1e-12)
-        gx, gy = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], 200),
-                             np.linspace(lo[1] - pad[1], hi[1] + pad[1], 200))
+        gx, gy = np.meshgrid(
+            np.linspace(lo[0] - pad[0], hi[0] + pad[0], 200),
+            np.linspace(lo[1] - pad[1], hi[1] + pad[1], 200),
+        )
         grid = np.stack([gx, gy], axis=-1)
         loss = 0.5 * np.einsum("...i,ij,...j->...", grid, matrix, grid)
         ax.contour(gx, gy, loss, levels=15, colors="lightgray", linewidths=0.7)
@@ -150,3 +158,123 @@ def _quadratic_matrix(section: Section) -> np.ndarray | None:
             if problem in PROBLEMS:
                 return np.diag(PROBLEMS[problem])
     return None
+
+
+def gap_vs_lr_wd(section: Section, path: Path) -> bool:
+    """Grokking: per optimizer, the steps until test accuracy reaches τ (Kaplan-Meier median;
+    hollow marker: more than half the runs never got there, drawn at the budget) and the mean
+    grokking gap of the runs that fitted, against ``lr * wd`` of the weight-decay sweep."""
+    sweep = wd_sweep(section)
+    if not sweep:
+        return False
+    fig = Figure(figsize=(10.4, 3.9))
+    ax_time, ax_gap = fig.subplots(1, 2)
+    for optimizer in dict.fromkeys(s.optimizer for s in sweep):
+        points = sorted((lr_wd(s), s) for s in sweep if s.optimizer == optimizer)
+        x = np.array([p for p, _ in points])
+        medians, censored, gaps = [], [], []
+        for _, s in points:
+            times, events = s.generalisation_times()
+            median = stats.km_median(times, events)
+            censored.append(not np.isfinite(median))
+            medians.append(median if np.isfinite(median) else float(times.max()))
+            gap = s.gaps()[0]
+            gaps.append(float(np.mean(gap)) if len(gap) else np.nan)
+        (line,) = ax_time.plot(x, medians, "-", lw=1.2, label=optimizer)
+        done = ~np.array(censored)
+        ax_time.plot(x[done], np.array(medians)[done], "o", color=line.get_color())
+        ax_time.plot(x[~done], np.array(medians)[~done], "o", mfc="none", color=line.get_color())
+        ax_gap.plot(x, gaps, "o-", lw=1.2, color=line.get_color(), label=optimizer)
+    for ax, name in (
+        (ax_time, "median steps to test acc ≥ τ"),
+        (ax_gap, "mean gap of the runs that fit (steps)"),
+    ):
+        ax.set_xscale("log")
+        ax.set_xlabel("lr · weight decay")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    ax_time.legend(fontsize=7)
+    fig.suptitle(
+        f"{section.title}: time to generalise and gap against lr·wd (hollow: most "
+        "runs never generalised; drawn at the budget)",
+        fontsize=10,
+    )
+    _layout(fig)
+    fig.savefig(path, dpi=DPI)
+    return True
+
+
+def forest(rows: Sequence[ClaimRow], path: Path, title: str) -> bool:
+    """Every claim's effect with its 95% interval, one row each, one panel per metric; the
+    shaded band is the row's equivalence margin, the diamond the paper's effect; a positive
+    effect is the direction the claim states. An interval without finite bounds (no event in
+    either arm) is dotted to the panel's edge."""
+    rows = [row for row in rows if np.isfinite(row.effect)]
+    if not rows:
+        return False
+    metrics = list(dict.fromkeys(row.metric for row in rows))
+    heights = [sum(row.metric == m for row in rows) for m in metrics]
+    fig = Figure(figsize=(10.0, 1.4 + 0.3 * sum(heights) + 0.6 * len(metrics)))
+    axes = fig.subplots(len(metrics), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[
+        :, 0
+    ]
+    colours = {
+        "reproduced": "tab:green",
+        "refuted": "tab:red",
+        "equivalent": "tab:blue",
+        "underpowered": "tab:gray",
+        "not reproduced (powered)": "tab:orange",
+    }
+    for ax, metric in zip(axes, metrics, strict=True):
+        chosen = [row for row in rows if row.metric == metric][::-1]
+        y = np.arange(len(chosen))
+        ends = [
+            v
+            for row in chosen
+            for v in (row.low, row.high, row.paper_effect, row.margin, -row.margin)
+            if np.isfinite(v)
+        ]
+        pad = 0.05 * (max(ends) - min(ends))
+        left, right = min(ends) - pad, max(ends) + pad
+        for k, row in enumerate(chosen):
+            colour = colours.get(row.verdict, "black")
+            ax.fill_between(
+                [-row.margin, row.margin], k - 0.4, k + 0.4, color="tab:blue", alpha=0.1, lw=0
+            )
+            low, high = max(row.low, left), min(row.high, right)
+            unbounded = not (np.isfinite(row.low) and np.isfinite(row.high))
+            ax.plot([low, high], [k, k], color=colour, lw=2, ls=":" if unbounded else "-")
+            ax.plot(row.effect, k, "o", color=colour, ms=5)
+            ax.plot(row.paper_effect, k, "D", color="black", ms=4, mfc="none")
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlim(left, right)
+        ax.set_yticks(y)
+        ax.set_yticklabels([_short(row) for row in chosen], fontsize=7)
+        ax.set_xlabel(f"effect: {metric}", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    handles = [axes[0].plot([], [], "o-", color=c, label=v)[0] for v, c in colours.items()]
+    handles.append(axes[0].plot([], [], "D", color="black", mfc="none", label="paper's effect")[0])
+    height = fig.get_figheight()
+    fig.legend(
+        handles=handles,
+        fontsize=7,
+        loc="upper center",
+        ncol=6,
+        bbox_to_anchor=(0.5, 1 - 0.4 / height),
+        frameon=False,
+    )
+    fig.suptitle(f"{title} (shaded: equivalence margin)", fontsize=10)
+    fig.subplots_adjust(
+        left=0.42,
+        right=0.98,
+        bottom=0.55 / height,
+        top=1 - 0.8 / height,
+        hspace=0.9 / height * len(metrics),
+    )
+    fig.savefig(path, dpi=DPI)
+    return True
+
+
+def _short(row: ClaimRow) -> str:
+    text = f"{row.claim} [{row.task}]"
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,29 +1,32 @@
 """``DIR/report.md`` (+ PNGs and ``claims.json``), rebuilt from the records alone.
 
-Per task: test accuracy and train NLL at checkpoints (mean ± sample std over seeds, best mean in
-bold), time to a target accuracy, learning curves; grokking gaps and curves; quadratic
-trajectories; then the claims table with its statistical rule.
+First the claims table (effect, 95% interval, minimum detectable effect, verdict, n, the rule)
+with a forest plot of every claim. Then per task: the end-of-budget summary (test accuracy, test
+NLL, the mean test accuracy over the run), test accuracy and train NLL at checkpoints (mean ±
+sample std over seeds, best mean in bold), time to a target accuracy in steps and seconds,
+learning curves; grokking times and gaps (censored runs counted), gap against lr·wd; quadratic
+trajectories. Validation metrics are never reported as results (they are for tuning).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from geoptim.bench import claims, plots
+from geoptim.bench import claims, plots, stats
 from geoptim.bench.records import (
     canonical_json,
-    iter_records,
     records_dir,
+    select_records,
     write_json_atomic,
     write_text_atomic,
 )
-from geoptim.bench.results import Section, Series, group
+from geoptim.bench.results import Section, Series, fmt, group, mean_std
 
+FOREST = "claims_forest.png"
 CHECKPOINT_FRACTIONS = (0.25, 0.5, 1.0)
 TARGET_FRACTION = 0.95
 TARGET_RULE = (
@@ -33,21 +36,28 @@ TARGET_RULE = (
 )
 
 
-def build_report(out_dir: str | Path) -> Path:
-    """Write ``out_dir/report.md`` (and its figures, ``claims.json``); return its path.
+def build_report(out_dir: str | Path, suite: str | None = None,
+                 accept_other_versions: bool = False) -> Path:
+    """Write ``out_dir/report.md`` (and its figures, ``claims.json``) for the records of
+    ``suite`` (:func:`~geoptim.bench.records.select_records`); return its path.
 
-    Raises ``FileNotFoundError`` when ``out_dir`` holds no record.
+    Raises ``FileNotFoundError`` when ``out_dir`` holds no such record.
     """
     out_dir = Path(out_dir)
-    records = list(iter_records(out_dir))
+    selection = select_records(out_dir, suite, accept_other_versions)
+    records = selection.records
     if not records:
-        raise FileNotFoundError(f"no records in {records_dir(out_dir)}")
+        of_suite = f" of suite {selection.suite!r}" if selection.suite else ""
+        raise FileNotFoundError(f"no records{of_suite} in {records_dir(out_dir)}")
     training = [r for r in records if r["config"].get("kind", "train") == "train"]
     analysis = [r for r in records if r["config"].get("kind", "train") != "train"]
     sections = group(training)
     rows = claims.evaluate(sections)
     write_json_atomic(out_dir / "claims.json", [row.to_dict() for row in rows])
-    parts = [_header(records), "## Claims\n", claims.markdown(rows)]
+    notes = "".join(f"\n**Left out:** {note}.\n" for note in selection.notes())
+    parts = [_header(records) + notes, "## Claims\n", claims.markdown(rows)]
+    if plots.forest(rows, out_dir / FOREST, "Every claim: effect and 95% interval"):
+        parts += [f"![forest plot of every claim]({FOREST})", ""]
     for section in sections:
         parts.append(_section(section, out_dir))
     if analysis:
@@ -66,29 +76,14 @@ def _header(records: list[dict]) -> str:
         f"{len(records)} runs (suite: {', '.join(suites) or 'n/a'}), {wall / 60:.1f} min of "
         f"run time in all. Versions: {'; '.join(versions)}.\n\n"
         "Every number is the mean ± sample standard deviation (ddof 1) over seeds; n is the "
-        "number of seeds. Best mean per column in **bold**. Built from the records alone "
-        "(`geoptim report DIR` rebuilds it).\n"
+        "number of seeds (seed k: the same initialisation and data order for every optimizer). "
+        "Best mean per column in **bold**. All metrics are on the held-out test split. Built "
+        "from the records alone (`geoptim report DIR` rebuilds it).\n"
     )
 
 
 # --------------------------------------------------------------------------------------------
 # Tables
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
-    """Mean, sample std (NaN for one value) and count of the finite values."""
-    a = np.asarray(values, dtype=float)
-    a = a[np.isfinite(a)]
-    if len(a) == 0:
-        return math.nan, math.nan, 0
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else math.nan, len(a)
-
-
-def fmt(mean: float, std: float, digits: int) -> str:
-    if not math.isfinite(mean):
-        return "–"
-    spread = f"{std:.{digits}f}" if math.isfinite(std) else "–"
-    return f"{mean:.{digits}f} ± {spread}"
 
 
 def checkpoints(section: Section) -> list[float]:
@@ -142,6 +137,22 @@ def metric_table(section: Section, metric: str, scale: float, digits: int,
     return "\n".join(lines)
 
 
+def summary_table(section: Section) -> str | None:
+    """At the end of the budget: test accuracy, test NLL and the mean test accuracy over the
+    run (the area under its learning curve over the x range), per series."""
+    if not any(np.isfinite(s.final("test_acc")).any() for s in section.series):
+        return None
+    axis = plots.x_axis(section)
+    lines = ["| optimizer | n | test acc (%) | test NLL | mean test acc over the run (%) |",
+             "|---|---|---|---|---|"]
+    for s in section.series:
+        acc = fmt(*mean_std(s.final("test_acc") * 100)[:2], 2)
+        nll = fmt(*mean_std(s.final("test_loss"))[:2], 4)
+        area = fmt(*mean_std(s.curve_area("test_acc", axis) * 100)[:2], 2)
+        lines.append(f"| {s.label} | {s.n} | {acc} | {nll} | {area} |")
+    return "\n".join(lines)
+
+
 def time_to_target(section: Section) -> tuple[float, str] | None:
     """The target accuracy and a table of steps / seconds to reach it, with steps/s."""
     finals = [mean_std(s.final("test_acc"))[0] for s in section.series]
@@ -166,33 +177,45 @@ def time_to_target(section: Section) -> tuple[float, str] | None:
 
 
 def grokking_table(section: Section) -> str | None:
-    if not any(s.extra("gap") for s in section.series if any(
-            e is not None for e in s.extra("train_reach_step"))):
+    """Per series: runs that fit (train ≥ τ), runs that generalised (test ≥ τ), the
+    Kaplan-Meier median of the steps to generalise (censored at the budget) and the gap of the
+    runs that fit."""
+    if not any(any(e is not None for e in s.extra("tau")) for s in section.series):
         return None
-    tau = next((t for s in section.series for t in s.extra("tau") if t is not None), None)
-    lines = [f"τ = {tau}. Gap = first step with test accuracy ≥ τ minus first step with train "
-             "accuracy ≥ τ; “≥” counts runs whose test accuracy never reached τ (gap taken as "
-             "steps − train-reach step, a lower bound). Bold: the smallest mean gap among the "
-             "optimizers all of whose runs reached τ on both.", "",
-             "| optimizer | n | train reaches τ (step) | test reaches τ (step) | gap (steps) |",
-             "|---|---|---|---|---|"]
-    gap_means = {s.label: mean_std(claims.grokking_gaps(s)[0])[0] for s in section.series}
-    complete = [s for s in section.series  # bold only among series every run of which counts
-                if len(claims.grokking_gaps(s)[0]) == s.n and not claims.grokking_gaps(s)[1]]
-    finite = [gap_means[s.label] for s in complete if math.isfinite(gap_means[s.label])]
-    smallest = min(finite) if finite else None
+    tau = next(t for s in section.series for t in s.extra("tau") if t is not None)
+    lines = [f"τ = {tau}. *Steps to test ≥ τ*: Kaplan-Meier median over all runs, a run that "
+             "never got there (fitted or not) censored at its budget (“>”: more than half never "
+             "did). *Gap*: test-reach minus train-reach step of the runs that fit; “≥” counts "
+             "those whose test accuracy never reached τ (gap taken to the budget, a lower "
+             "bound). The claims test the steps to test ≥ τ (log-rank).", "",
+             "| optimizer | lr·wd | n | fit | generalised | steps to test ≥ τ | gap (steps) |",
+             "|---|---|---|---|---|---|---|"]
     for s in section.series:
-        train = [v for v in s.extra("train_reach_step") if v is not None]
-        test = [v for v in s.extra("test_reach_step") if v is not None]
-        gaps, censored = claims.grokking_gaps(s)
-        gap = fmt(*mean_std(gaps)[:2], 0)
-        if s in complete and gap_means[s.label] == smallest:
-            gap = f"**{gap}**"
-        mark = f", {censored} ≥" if censored else ""
-        lines.append(f"| {s.label} | {s.n} | {fmt(*mean_std(train)[:2], 0)} ({len(train)}/{s.n})"
-                     f" | {fmt(*mean_std(test)[:2], 0)} ({len(test)}/{s.n}) | {gap} "
-                     f"({len(gaps)}/{s.n}{mark}) |")
+        times, events = s.generalisation_times()
+        median = stats.km_median(times, events)
+        shown = f"{median:.0f}" if np.isfinite(median) else f"> {times.max():.0f}"
+        gaps, observed = s.gaps()
+        mark = f", {int((~observed).sum())} ≥" if (~observed).any() else ""
+        lines.append(f"| {s.label} | {claims.lr_wd(s):.3g} | {s.n} | {len(gaps)}/{s.n} | "
+                     f"{int(events.sum())}/{s.n} | {shown} | {fmt(*mean_std(gaps)[:2], 0)}"
+                     f"{mark} |")
     return "\n".join(lines)
+
+
+def agr_table(section: Section) -> str | None:
+    """Per AGR series, the measured relative change AGR makes to the update
+    (``extra.agr_relative_change``: ||update with AGR - without|| / ||without||, median over
+    probe steps), over its runs."""
+    rows = []
+    for s in section.series:
+        changes = [c for c in s.extra("agr_relative_change") if c is not None]
+        if changes:
+            mean, std, n = mean_std(np.array(changes) * 100)
+            rows.append(f"| {s.label} | {n} | {fmt(mean, std, 3)} | {np.median(changes):.3%} |")
+    if not rows:
+        return None
+    return "\n".join(["| optimizer | runs | relative change (%) | median |", "|---|---|---|---|",
+                      *rows])
 
 
 def quadratic_table(section: Section) -> str | None:
@@ -242,6 +265,9 @@ def _figure_groups(section: Section) -> list[tuple[str, list[Series]]]:
 def _section(section: Section, out_dir: Path) -> str:
     slug = _slug(section.title)
     parts = [f"## Task: {section.title}\n"]
+    summary = summary_table(section)
+    if summary and section.task != "grokking":
+        parts += ["### End of the budget\n", summary, ""]
     acc = metric_table(section, "test_acc", 100.0, 2, higher_is_better=True)
     if acc:
         parts += ["### Test accuracy (%)\n", acc, ""]
@@ -255,6 +281,12 @@ def _section(section: Section, out_dir: Path) -> str:
         name = f"{slug}_grokking.png"
         if plots.grokking_curves(section, out_dir / name):
             parts += [f"![grokking curves]({name})", ""]
+        name = f"{slug}_gap_vs_lr_wd.png"
+        if plots.gap_vs_lr_wd(section, out_dir / name):
+            parts += [f"![grokking against lr·wd]({name})", ""]
+    agr = agr_table(section)
+    if agr:
+        parts += ["### How much AGR changes the update\n", agr, ""]
     quad = quadratic_table(section)
     if quad:
         parts += ["### Steps to target loss\n", quad, ""]

@@ -2,17 +2,45 @@
 
 A suite is a list of :class:`Experiment`. An experiment is either a *comparison* (several
 optimizers with their presets on one task, the papers' tables) or a *sweep* (one optimizer with
-some hyper-parameters set on purpose: ``p_max`` values, AGR switched off late). Every claim in
-:mod:`geoptim.bench.claims` reads the runs of one or two experiments.
+some hyper-parameters set on purpose: ``p_max`` values, AGR switched off late, a weight-decay
+sweep at fixed ``lr * wd``). Every claim in :mod:`geoptim.bench.claims` reads the runs of one or
+two experiments. Seeds are paired: seed k gives every arm the same initialisation and data order,
+so every comparison is a paired test over the seeds both arms ran.
 
-``quick`` tests every claim at CPU scale with 3 seeds and is sized to finish in under 10 minutes
-on 2 cores; ``full`` is the papers' protocol (CIFAR, more seeds, longer budgets).
+* ``quick`` (the README's main job, <= 10 min on 2 cores with 2 workers): 10 paired seeds
+  for every arm of every comparison: LPSGDM vs SGDM and the step-size controls (``sgdm_rms``,
+  fixed p = 2, p fixed at p_max) on digits and MNIST-1D, AdamW and Adan with and without AGR
+  and AGR's variants on digits, the p_max = 14 arm, the grokking MLP, the 2-D quadratics.
+* ``standard`` (<= 60 min on 2 cores): 20 seeds for the same comparisons, AdamW / Lion /
+  SepNorm beside them, the p_max sweep, the grokking MLP's weight-decay sweep (the
+  same ``lr * wd`` values for every optimizer) and the canonical one-layer transformer (one seed
+  per optimizer: a 3000-step run costs ~14 CPU-min, so its rows are descriptive).
+* ``full``: GPU scale (CIFAR-10/100, the transformer with 10 seeds, curvature and momentum
+  tracing), the same protocol.
+
+Seeds per comparison come from a power analysis: ``n for paper`` in the report's claims table is
+the number of paired seeds that gives 80% power for the paper's effect at the spread a run
+measured; :func:`seeds_for_power` reads it from a report directory's ``claims.json``.
+
+Pilot (2026-12-01; ``geoptim bench --suite quick --tasks digits mnist1d --optimizers lpsgdm sgdm
+sgdm_rms --seeds 5 --workers 1``, the papers' presets, on the shared 2-core machine): n for the
+paper's 0.68 points, paired, at the sd of the per-seed differences measured: LPSGDM vs SGDM 889
+(digits, sd 7.2 points) and 78 (MNIST-1D); cosine vs SGDM on LPSGDM's update-RMS schedule 77
+(digits) and 20 (MNIST-1D); cosine vs p fixed at p_max 37 and 9; vs fixed p = 2 441 and 247 (the
+fixed-p = 2 arm barely trains at LPSGDM's lr: 9-12% accuracy, a difference of 34-63 points that
+needs no power). The grokking pilot (4 seeds per optimizer, the MLP's 400-step budget) had no run
+that fitted, so no spread to plan from. Hence the floors: 10 paired seeds in ``quick`` (MDE about
+one sd of the differences), 20 in ``standard`` (enough for the MNIST-1D step-size control at
+the pilot's spread); on digits no CPU suite reaches the paper's 0.68 points, and the report says
+so (*underpowered*, with the MDE reached).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from geoptim.bench.presets import Presets
@@ -31,7 +59,9 @@ class Experiment:
     ``variants`` are hyper-parameters applied over each optimizer's preset, one set of runs per
     variant; ``{}`` means the preset as is. ``budget`` overrides keys of the task's default
     budget for the suite. ``kind`` is the run kind (:data:`geoptim.bench.runner.EXECUTORS`):
-    ``"train"``, or an analysis experiment.
+    ``"train"``, or an analysis experiment. ``lr_wd``: a weight-decay sweep, one variant per
+    value with ``weight_decay = value / lr`` of each optimizer's preset, so every optimizer runs
+    at the same decoupled shrink per step.
     """
 
     name: str
@@ -42,10 +72,11 @@ class Experiment:
     variants: tuple[Variant | VariantFn, ...] = ({},)
     budget: dict[str, Any] = field(default_factory=dict)
     kind: str = "train"
+    lr_wd: tuple[float, ...] = ()
 
     @property
     def is_sweep(self) -> bool:
-        return any(callable(variant) or variant for variant in self.variants)
+        return bool(self.lr_wd) or any(callable(variant) or variant for variant in self.variants)
 
 
 def agr_until_fraction(fraction: float) -> VariantFn:
@@ -69,52 +100,148 @@ def total_steps(task: Any, budget: dict[str, Any]) -> int:
     return budget_steps(budget, steps_per_epoch)[0]
 
 
-HEADLINE = ("sgdm", "lpsgdm", "adamw", "lion", "sepnorm")
+LPSGDM_CONTROLS = ("lpsgdm", "sgdm", "sgdm_rms")
+"""LPSGDM, SGDM, and SGDM driven by LPSGDM's measured update-RMS schedule (the step-size
+control); with :data:`FIXED_P` the arms of the step-size question."""
+FIXED_P = ({}, {"p_max": 2.0}, {"p_schedule": "constant"})
+"""The cosine p schedule (the preset), fixed p = 2, and p fixed at p_max."""
+OTHERS = ("adamw", "lion", "sepnorm")
 GROKKING = ("adamw", "lion", "sepnorm", "ortsepnorm")
-AGR = ("adamw", "adamw_agr", "adan", "adan_agr")
+AGR = ("adamw", "adamw_agr")
+ADAN = ("adan", "adan_agr")
+AGR_VARIANTS = ({"agr_moments": "first"},)
 QUADRATIC = ("sgd", "signsgd", "normsgd", "lpsgd")
-P_MAX = (4, 6, 9, 14)
+P_MAX = (4.0, 9.0, 14.0)
+"""The p_max sweep beside the preset's 6 (and fixed p = 2)."""
+GROKKING_LR_WD = (1e-3, 2e-3, 5e-3, 1e-2)
+"""The grokking weight-decay sweep as lr * wd (decoupled shrink per step), the same for every
+optimizer so the gap ordering is compared at matched regularisation: around the SepNorm paper's
+AdamW (lr 1e-3, wd 1) and Lion / SepNorm (lr 1e-3, wd 5) products."""
+
+
+def _step_size(task: str, seeds: int) -> tuple[Experiment, ...]:
+    """LPSGDM vs SGDM and the step-size controls on ``task``."""
+    return (
+        Experiment("lpsgdm-vs-sgdm", task, LPSGDM_CONTROLS, seeds=seeds),
+        Experiment("fixed-p", task, ("lpsgdm",), seeds=seeds, variants=FIXED_P[1:]),
+    )
+
+
+def _agr(seeds: int) -> tuple[Experiment, ...]:
+    """AdamW and Adan with and without AGR, AGR stopped half-way and first-moment AGR."""
+    return (
+        Experiment("agr", "digits", AGR + ADAN, seeds=seeds),
+        Experiment(
+            "agr-variants",
+            "digits",
+            ("adamw_agr",),
+            seeds=seeds,
+            variants=(agr_until_fraction(0.5), *AGR_VARIANTS),
+        ),
+    )
+
+
+QUICK_SEEDS = 10
+STANDARD_SEEDS = 20
 
 SUITES: dict[str, tuple[Experiment, ...]] = {
     "quick": (
-        Experiment("grokking-gap", "grokking", GROKKING, seeds=3),
-        Experiment("lpsgdm-vs-sgdm", "digits", HEADLINE, seeds=3),
-        Experiment("lpsgdm-vs-sgdm", "mnist1d", HEADLINE, seeds=3),
-        Experiment("agr", "digits", AGR, seeds=3),
-        Experiment("agr-late", "digits", ("adamw_agr",), seeds=3,
-                   variants=(agr_until_fraction(0.5),)),
-        Experiment("p-max", "digits", ("lpsgdm",), seeds=3,
-                   variants=tuple({"p_max": p} for p in P_MAX)),
+        *_step_size("digits", QUICK_SEEDS),
+        *_step_size("mnist1d", QUICK_SEEDS),
+        *_agr(QUICK_SEEDS),
+        Experiment("p-max", "digits", ("lpsgdm",), seeds=QUICK_SEEDS, variants=({"p_max": 14.0},)),
+        Experiment("grokking", "grokking", GROKKING, seeds=QUICK_SEEDS),
         Experiment("quadratic", "quadratic", QUADRATIC, seeds=1),
     ),
-    "full": (
-        Experiment("grokking-gap", "grokking", (*GROKKING, "lpsgdm", "adamw_agr"), seeds=5),
-        Experiment("grokking-gap", "grokking", GROKKING, seeds=3,
-                   task_overrides={"model": "transformer"}),
-        Experiment("lpsgdm-vs-sgdm", "digits", HEADLINE, seeds=5),
-        Experiment("lpsgdm-vs-sgdm", "mnist1d", HEADLINE, seeds=5),
-        Experiment("lpsgdm-vs-sgdm", "cifar10", ("sgdm", "lpsgdm", "adamw", "lion"), seeds=3),
-        Experiment("lpsgdm-vs-sgdm", "cifar100", ("sgdm", "lpsgdm", "adamw", "lion"), seeds=3),
-        Experiment("agr", "digits", AGR, seeds=5),
-        Experiment("agr", "cifar100", AGR, seeds=3),
-        Experiment("agr-late", "digits", ("adamw_agr",), seeds=5,
-                   variants=(agr_until_fraction(0.5), agr_until_fraction(0.75))),
-        Experiment("p-max", "digits", ("lpsgdm",), seeds=5,
-                   variants=tuple({"p_max": p} for p in P_MAX)),
-        Experiment("p-max", "cifar10", ("lpsgdm",), seeds=3,
-                   variants=tuple({"p_max": p} for p in (2, 4, 6, 8, 12))),
+    "standard": (
+        *_step_size("digits", STANDARD_SEEDS),
+        *_step_size("mnist1d", STANDARD_SEEDS),
+        Experiment("others", "digits", OTHERS, seeds=STANDARD_SEEDS),
+        Experiment("others", "mnist1d", OTHERS, seeds=STANDARD_SEEDS),
+        *_agr(STANDARD_SEEDS),
+        Experiment(
+            "p-max",
+            "digits",
+            ("lpsgdm",),
+            seeds=STANDARD_SEEDS,
+            variants=tuple({"p_max": p} for p in P_MAX),
+        ),
+        Experiment("grokking", "grokking", GROKKING, seeds=STANDARD_SEEDS),
+        Experiment("grokking-wd", "grokking", GROKKING, seeds=10, lr_wd=GROKKING_LR_WD),
+        Experiment(
+            "grokking",
+            "grokking",
+            GROKKING,
+            seeds=1,  # ~14 CPU-min per run at the standard budget (3000 steps)
+            task_overrides={"model": "transformer"},
+        ),
         Experiment("quadratic", "quadratic", QUADRATIC, seeds=3),
-        Experiment("quadratic", "quadratic", QUADRATIC, seeds=3,
-                   task_overrides={"problem": "weak"}),
+        Experiment(
+            "quadratic", "quadratic", QUADRATIC, seeds=3, task_overrides={"problem": "weak"}
+        ),
+    ),
+    "full": (
+        Experiment("grokking", "grokking", (*GROKKING, "lpsgdm", "adamw_agr"), seeds=20),
+        Experiment("grokking-wd", "grokking", GROKKING, seeds=10, lr_wd=GROKKING_LR_WD),
+        Experiment(
+            "grokking", "grokking", GROKKING, seeds=10, task_overrides={"model": "transformer"}
+        ),
+        *_step_size("digits", STANDARD_SEEDS),
+        *_step_size("mnist1d", STANDARD_SEEDS),
+        Experiment("others", "digits", OTHERS, seeds=STANDARD_SEEDS),
+        Experiment("others", "mnist1d", OTHERS, seeds=STANDARD_SEEDS),
+        *_step_size("cifar10", 5),
+        Experiment("others", "cifar10", ("adamw", "lion"), seeds=5),
+        Experiment("lpsgdm-vs-sgdm", "cifar100", ("sgdm", "lpsgdm", "adamw", "lion"), seeds=5),
+        *_agr(STANDARD_SEEDS),
+        Experiment("agr", "cifar100", AGR + ADAN, seeds=5),
+        Experiment(
+            "agr-late",
+            "digits",
+            ("adamw_agr",),
+            seeds=STANDARD_SEEDS,
+            variants=(agr_until_fraction(0.75),),
+        ),
+        Experiment(
+            "p-max",
+            "digits",
+            ("lpsgdm",),
+            seeds=STANDARD_SEEDS,
+            variants=tuple({"p_max": p} for p in P_MAX),
+        ),
+        Experiment(
+            "p-max",
+            "cifar10",
+            ("lpsgdm",),
+            seeds=5,
+            variants=tuple({"p_max": p} for p in (2.0, 4.0, 8.0, 12.0, 14.0)),
+        ),
+        Experiment("quadratic", "quadratic", QUADRATIC, seeds=3),
+        Experiment(
+            "quadratic", "quadratic", QUADRATIC, seeds=3, task_overrides={"problem": "weak"}
+        ),
         # The LPSGD paper's figure 1: the Hessian spectrum of the digits ResNet over training.
-        Experiment("curvature", "digits", ("sgdm", "lpsgdm"), seeds=1, kind="curvature",
-                   task_overrides={"model": "resnet"},
-                   budget={"epochs": 10, "at": (0, 1, 2, 5, 10)}),
+        Experiment(
+            "curvature",
+            "digits",
+            ("sgdm", "lpsgdm"),
+            seeds=1,
+            kind="curvature",
+            task_overrides={"model": "resnet"},
+            budget={"epochs": 10, "at": (0, 1, 2, 5, 10)},
+        ),
         # The SepNorm paper's figure 2 / appendix C: momentum tracing, Lion vs SepNorm, each
         # with ReLU and leaky ReLU.
-        Experiment("momentum-tracing", "digits", ("lion", "sepnorm"), seeds=1,
-                   kind="momentum_tracing", task_overrides={"model": "resnet"},
-                   variants=({"lr": 1e-2, "weight_decay": 0.2},), budget={"epochs": 12}),
+        Experiment(
+            "momentum-tracing",
+            "digits",
+            ("lion", "sepnorm"),
+            seeds=1,
+            kind="momentum_tracing",
+            task_overrides={"model": "resnet"},
+            variants=({"lr": 1e-2, "weight_decay": 0.2},),
+            budget={"epochs": 12},
+        ),
     ),
 }
 """Every suite by name."""
@@ -180,13 +307,9 @@ def build_specs(
     for exp in experiments:
         task = make_task(exp.task, exp.task_overrides)
         budget = {**task.default_budget(suite), **exp.budget}
-        for variant_or_fn in exp.variants:
-            if callable(variant_or_fn):
-                variant = variant_or_fn(task, budget)
-            else:
-                variant = dict(variant_or_fn)
-            for optimizer in exp.optimizers:
-                base = presets.hparams(exp.task, exp.task_overrides, optimizer)
+        for optimizer in exp.optimizers:
+            base = presets.hparams(exp.task, exp.task_overrides, optimizer)
+            for variant in _variants(exp, task, budget, base):
                 for seed in range(exp.seeds):
                     spec = RunSpec(
                         task=exp.task,
@@ -199,6 +322,77 @@ def build_specs(
                         suite=suite,
                         preset=presets.source(exp.task, exp.task_overrides, optimizer),
                         kind=exp.kind,
+                        preset_provenance=presets.provenance(
+                            exp.task, exp.task_overrides, optimizer
+                        ),
                     )
                     specs.setdefault(spec.run_id, spec)
     return list(specs.values())
+
+
+def _variants(
+    exp: Experiment, task: Any, budget: dict[str, Any], base: dict[str, Any]
+) -> list[Variant]:
+    if exp.lr_wd:
+        return [{"weight_decay": value / float(base["lr"])} for value in exp.lr_wd]
+    return [
+        variant(task, budget) if callable(variant) else dict(variant) for variant in exp.variants
+    ]
+
+
+FALLBACK_SECONDS = {
+    "quadratic": 0.3,
+    "digits": 3.0,
+    "mnist1d": 4.0,
+    "grokking": 10.0,
+    "grokking[model=transformer]": 850.0,
+    "cifar10": 600.0,
+    "cifar100": 600.0,
+}
+"""Single-thread seconds per run where a task gives no ``estimated_seconds`` (rough)."""
+
+
+def estimated_seconds(spec: RunSpec, task: Any) -> float:
+    """The single-thread CPU seconds of one run: ``task.estimated_seconds(budget, optimizer)``
+    (which counts ``sgdm_rms`` replaying its LPSGDM run) when the task measures it, else
+    :data:`FALLBACK_SECONDS` (twice for ``sgdm_rms``)."""
+    estimate = getattr(task, "estimated_seconds", None)
+    seconds = estimate(spec.budget, spec.optimizer) if estimate is not None else 0.0
+    if seconds:
+        return seconds
+    fallback = FALLBACK_SECONDS.get(spec.task_label, FALLBACK_SECONDS.get(spec.task, 10.0))
+    return fallback * (2.0 if spec.optimizer == "sgdm_rms" else 1.0)
+
+
+def plan_text(
+    specs: Sequence[RunSpec], make_task: Callable[[str, dict[str, Any]], Any], workers: int
+) -> str:
+    """The plan of a dry run: per task, optimizer setting and seeds, the runs and their
+    estimated time, then the total and the wall-clock estimate for ``workers`` workers
+    (the total shared evenly, at least the longest run)."""
+    tasks: dict[str, Any] = {}
+    rows: dict[tuple[str, str], list[float]] = {}
+    for spec in specs:
+        if spec.task_label not in tasks:
+            tasks[spec.task_label] = make_task(spec.task, spec.task_overrides)
+        rows.setdefault((spec.task_label, spec.label), []).append(
+            estimated_seconds(spec, tasks[spec.task_label])
+        )
+    lines = ["task | setting | seeds | est. s per run"]
+    for (task, label), seconds in rows.items():
+        lines.append(f"{task} | {label} | {len(seconds)} | {seconds[0]:.1f}")
+    total = sum(sum(seconds) for seconds in rows.values())
+    longest = max((max(seconds) for seconds in rows.values()), default=0.0)
+    wall = max(total / max(workers, 1), longest)
+    lines.append(
+        f"{len(specs)} runs, {total / 60:.1f} CPU-min single-thread; estimated "
+        f"{wall / 60:.1f} min wall with {workers} workers (before any run is skipped)"
+    )
+    return "\n".join(lines)
+
+
+def seeds_for_power(claims_json: str | Path) -> dict[tuple[str, str], int | None]:
+    """From a report's ``claims.json``: per (claim, task) the paired seeds per arm that give
+    80% power for the paper's effect at the spread measured (the pilot power analysis)."""
+    rows = json.loads(Path(claims_json).read_text(encoding="utf-8"))
+    return {(row["claim"], row["task"]): row["n_for_paper"] for row in rows}

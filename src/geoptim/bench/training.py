@@ -14,9 +14,29 @@ Hyper-parameters (``hparams``):
   ``(1 + cos(pi * (s - W) / (S - W))) / 2``; ``"constant"`` keeps it;
 * ``p_max``: a :class:`geoptim.CosinePScheduler` (``p_max`` -> 2) over the ``T`` checkpoints after
   step 0 (``T`` = epochs for epoch budgets), stepped once per checkpoint; LPSGD/LPSGDM only;
+* ``p_schedule``: ``"cosine"`` (default, the schedule above) or ``"constant"`` (``p`` stays
+  ``p_max`` for the whole run: the fixed-p control arm; ``{"p_max": 2}`` is plain SGD-momentum);
+* ``agr_moments`` (AGR optimizers): passed as the optimizer's ``moments`` keyword (``"both"``:
+  every moment sees ``Psi(g)``, the official code; ``"first"``: the AGR paper's prose);
 * any other key is an optimizer keyword (``betas``, ``momentum``, ``agr_until``, ``p``, ...).
 
-Callbacks are objects with optional methods ``on_step(step, model, optimizer, loss)``, called after
+Optimizer ``"sgdm_rms"`` (the step-size control of LPSGDM, :class:`RMSMatchedSGDM`): SGD-momentum
+whose update is rescaled, per tensor and per step, to the RMS of the update LPSGDM made at that
+step. It takes LPSGDM's hyper-parameters (``lr``, ``p_max``, ``p_schedule``, ``momentum``,
+``weight_decay``, schedules); :func:`train` first replays the paired LPSGDM run (same task, seed,
+budget and hyper-parameters, hence the same initial weights and batches) to measure that RMS
+(:class:`UpdateRMSRecorder`), so an ``sgdm_rms`` run costs two runs (its ``time_s`` counts its
+own steps only). Only the direction differs: LPSGDM steps along ``phi_p(m)``, the control along
+``m`` itself.
+
+AGR optimizers (a param group with ``agr_until``): ``extra["agr_relative_change"]`` is the median,
+over :data:`AGR_PROBES` steps spread over the steps where AGR is on, of
+``||u_AGR - u_plain|| / ||u_plain||`` (all parameters together), where ``u_plain`` is the update
+the same optimizer makes from the same state and gradient with AGR switched off for that step
+(:func:`step_measuring_agr`; a probe takes two optimizer steps, both inside ``time_s``).
+
+Callbacks are objects with optional methods ``on_train_begin(model, optimizer)``, called once
+before the first step, ``on_step(step, model, optimizer, loss)``, called after
 every optimizer step (``step`` counts from 1, ``loss`` is the mini-batch loss before the step),
 and ``on_epoch_end(epoch, model, optimizer)``, called after every full pass over the training
 batches (``epoch`` counts from 1). At an epoch's last step the order is ``on_step``,
@@ -31,7 +51,9 @@ the steps after each checkpoint.
 
 from __future__ import annotations
 
+import copy
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,14 +63,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from geoptim import create_optimizer
+from geoptim import create_optimizer, param_groups
 from geoptim.models import count_params
 
 if TYPE_CHECKING:
     from geoptim.bench.tasks.base import TrainableTask
 
-SCHEDULE_KEYS = ("lr", "weight_decay", "warmup_frac", "lr_schedule", "p_max")
+SCHEDULE_KEYS = ("lr", "weight_decay", "warmup_frac", "lr_schedule", "p_max", "p_schedule")
 LR_SCHEDULES = ("cosine", "constant")
+P_SCHEDULES = ("cosine", "constant")
+BENCH_OPTIMIZERS = ("sgdm_rms",)
+"""Optimizers that exist only in the benchmark (built here, not by ``geoptim.create_optimizer``)."""
+AGR_PROBES = 8
 
 
 @dataclass
@@ -92,22 +118,48 @@ def setup_optimizer(
     total_steps: int,
     p_intervals: int,
     default_schedule: str = "cosine",
+    rms_schedule: Sequence[Sequence[float]] | None = None,
 ) -> OptimizerSetup:
-    """Build the optimizer ``name`` from ``hparams`` with its schedulers (see module doc)."""
+    """Build the optimizer ``name`` from ``hparams`` with its schedulers (see module doc);
+    ``rms_schedule`` is the per-step per-tensor update RMS an ``"sgdm_rms"`` optimizer follows
+    (its hparams are checked by building the LPSGDM optimizer its paired run uses)."""
     from geoptim import CosinePScheduler
 
     if "lr" not in hparams:
         raise ValueError(f"hparams need 'lr'; got {sorted(hparams)}")
+    p_schedule = hparams.get("p_schedule", "cosine")
+    if p_schedule not in P_SCHEDULES:
+        raise ValueError(f"unknown p_schedule {p_schedule!r}; known: {', '.join(P_SCHEDULES)}")
+    lr, weight_decay = float(hparams["lr"]), float(hparams.get("weight_decay", 0.0))
     kwargs = {k: v for k, v in hparams.items() if k not in SCHEDULE_KEYS}
     if isinstance(kwargs.get("betas"), list):
         kwargs["betas"] = tuple(kwargs["betas"])  # JSON round trips turn tuples into lists
-    optimizer = create_optimizer(
-        model_or_params,
-        name,
-        lr=float(hparams["lr"]),
-        weight_decay=float(hparams.get("weight_decay", 0.0)),
-        **kwargs,
-    )
+    if "agr_moments" in kwargs:
+        kwargs["moments"] = kwargs.pop("agr_moments")
+    p_max = hparams.get("p_max")
+    if name == "sgdm_rms":
+        # the paired LPSGDM run takes these hparams: building it checks them the same way
+        create_optimizer(model_or_params, "lpsgdm", lr=lr, weight_decay=weight_decay, **kwargs)
+        params = (
+            param_groups(model_or_params, weight_decay)
+            if isinstance(model_or_params, nn.Module)
+            else list(model_or_params)
+        )
+        optimizer: torch.optim.Optimizer = RMSMatchedSGDM(
+            params,
+            rms_schedule or [],
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=float(kwargs.get("momentum", 0.9)),
+        )
+        p_max = None
+    else:
+        if p_max is not None and p_schedule == "constant":
+            kwargs["p"] = float(p_max)
+            p_max = None
+        optimizer = create_optimizer(
+            model_or_params, name, lr=lr, weight_decay=weight_decay, **kwargs
+        )
     factor = lr_factor(
         total_steps,
         float(hparams.get("warmup_frac", 0.0)),
@@ -115,11 +167,128 @@ def setup_optimizer(
     )
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     p_scheduler = None
-    if hparams.get("p_max") is not None:
-        p_scheduler = CosinePScheduler(
-            optimizer, float(hparams["p_max"]), T_max=max(p_intervals, 1)
-        )
+    if p_max is not None:
+        p_scheduler = CosinePScheduler(optimizer, float(p_max), T_max=max(p_intervals, 1))
     return OptimizerSetup(optimizer, lr_scheduler, p_scheduler)
+
+
+class RMSMatchedSGDM(torch.optim.Optimizer):
+    r"""SGD-momentum with a prescribed per-tensor step length (the ``"sgdm_rms"`` control).
+
+    At step ``t`` (counting from 0), for the ``i``-th parameter tensor (in param-group order),
+    with the EMA momentum of LPSGDM and its decoupled weight decay:
+
+    .. math::
+
+        m = \beta m + (1 - \beta) g, \qquad
+        w = w (1 - \eta_t \lambda) - r_{t,i} \, m / \mathrm{rms}(m),
+
+    where ``r = rms_schedule`` (``r[t][i]``, from :class:`UpdateRMSRecorder`) and
+    ``rms(m) = sqrt(mean(m^2))``; a tensor with ``m = 0`` only decays. The lr ``eta_t`` enters
+    through the weight decay alone. Stepping past the end of the schedule raises ``IndexError``.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        rms_schedule: Sequence[Sequence[float]],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+        self.rms_schedule = rms_schedule
+        self.steps_taken = 0
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.steps_taken >= len(self.rms_schedule):
+            raise IndexError(f"the RMS schedule has only {len(self.rms_schedule)} steps")
+        targets = self.rms_schedule[self.steps_taken]
+        index = 0
+        for group in self.param_groups:
+            beta, decay = group["momentum"], group["lr"] * group["weight_decay"]
+            for param in group["params"]:
+                target, index = float(targets[index]), index + 1
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if "momentum_buffer" not in state:
+                    state["step"] = torch.tensor(0.0)
+                    state["momentum_buffer"] = torch.zeros_like(param)
+                state["step"] += 1
+                m = state["momentum_buffer"]
+                m.mul_(beta).add_(param.grad, alpha=1.0 - beta)
+                param.mul_(1.0 - decay)
+                rms = float(m.pow(2).mean().sqrt())
+                if rms > 0.0:
+                    param.add_(m, alpha=-target / rms)
+        self.steps_taken += 1
+        return loss
+
+
+class UpdateRMSRecorder:
+    """A callback recording, at every step, each parameter tensor's update RMS without the
+    decoupled weight decay: ``rms(w_new - w_old * (1 - lr * wd))`` with the group's ``lr`` and
+    ``weight_decay`` of that step (for LPSGDM this is ``lr * rms(phi_p(m))``). ``schedule[t][i]``
+    is step ``t``'s value for tensor ``i`` in param-group order."""
+
+    def __init__(self) -> None:
+        self.schedule: list[list[float]] = []
+        self._before: list[torch.Tensor] = []
+
+    def on_train_begin(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.register_step_pre_hook(self._pre)
+        optimizer.register_step_post_hook(self._post)
+
+    def _pre(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        self._before = [p.detach().clone() for g in optimizer.param_groups for p in g["params"]]
+
+    def _post(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        before = iter(self._before)
+        row = []
+        for group in optimizer.param_groups:
+            decay = group["lr"] * group.get("weight_decay", 0.0)
+            for param in group["params"]:
+                step = param.detach() - next(before) * (1.0 - decay)
+                row.append(float(step.pow(2).mean().sqrt()))
+        self.schedule.append(row)
+
+
+def step_measuring_agr(optimizer: torch.optim.Optimizer) -> float:
+    """Take ``optimizer``'s step (AGR on) and return ``||u_AGR - u_plain|| / ||u_plain||``, where
+    ``u_plain`` is the update of the same step from the same state with AGR off (taken first on the
+    same parameters, then undone by restoring the parameters and the optimizer's state)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    start = [p.detach().clone() for p in params]
+    saved = copy.deepcopy(optimizer.state_dict())
+    for group in optimizer.param_groups:
+        group["agr_until"] = -1  # AGR applies while agr_step <= agr_until: off for this step
+    optimizer.step()
+    plain = [p.detach() - w for p, w in zip(params, start, strict=True)]
+    with torch.no_grad():
+        for p, w in zip(params, start, strict=True):
+            p.copy_(w)
+    optimizer.load_state_dict(saved)
+    optimizer.step()
+    with_agr = [p.detach() - w for p, w in zip(params, start, strict=True)]
+    diff = math.sqrt(sum(float((a - b).pow(2).sum()) for a, b in zip(with_agr, plain, strict=True)))
+    norm = math.sqrt(sum(float(b.pow(2).sum()) for b in plain))
+    return diff / norm if norm > 0 else 0.0
+
+
+def agr_probe_steps(optimizer: torch.optim.Optimizer, total: int) -> set[int]:
+    """The (1-based) steps at which :func:`step_measuring_agr` measures an AGR optimizer: up to
+    :data:`AGR_PROBES` spread evenly over the steps where AGR is on; empty for other optimizers."""
+    group = optimizer.param_groups[0]
+    if "agr_until" not in group:
+        return set()
+    active = total if group["agr_until"] is None else min(total, int(group["agr_until"]))
+    return {1 + (k * active) // AGR_PROBES for k in range(AGR_PROBES)} if active > 0 else set()
 
 
 def budget_steps(budget: dict[str, Any], steps_per_epoch: int) -> tuple[int, int]:
@@ -173,9 +342,20 @@ def train(
     callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Train ``task.make_model(seed)`` on ``task.make_data(seed)`` and return the result dict:
-    ``curves`` (``step, epoch, lr, [p,] train_loss, train_acc, test_loss, test_acc, time_s``),
-    ``final`` (the metrics and ``time_s`` of the last checkpoint), ``steps`` and
-    ``extra = {"diverged", "num_params", "device"}``."""
+    ``curves`` (``step, epoch, lr, [p,] train_loss, train_acc, [val_loss, val_acc,] test_loss,
+    test_acc, time_s``), ``final`` (the metrics and ``time_s`` of the last checkpoint), ``steps``
+    and ``extra = {"diverged", "num_params", "device", "data_hash"[, "agr_relative_change"]}``.
+
+    Pairing: the model's initial weights depend on ``seed`` alone (``make_model(seed)``), the
+    batches on ``seed`` and the epoch (:class:`geoptim.bench.data.TensorData`), so runs of
+    different optimizers with the same seed start from the same weights and see the same batches.
+    """
+    rms_schedule = None
+    paired_diverged = False
+    if optimizer_name == "sgdm_rms":
+        recorder = UpdateRMSRecorder()
+        paired = train(task, "lpsgdm", hparams, seed, budget, callbacks=[recorder])
+        rms_schedule, paired_diverged = recorder.schedule, paired["extra"]["diverged"]
     torch.manual_seed(seed)
     device = task.torch_device()
     data = task.make_data(seed)
@@ -187,8 +367,14 @@ def train(
     if budget.get("batches_per_epoch"):
         steps_per_epoch = min(steps_per_epoch, int(budget["batches_per_epoch"]))
     total, eval_every = budget_steps(budget, steps_per_epoch)
-    setup = setup_optimizer(model, optimizer_name, hparams, total, -(-total // eval_every))
+    if rms_schedule is not None:
+        total = min(total, len(rms_schedule))  # a diverged LPSGDM run ends the control early
+    setup = setup_optimizer(
+        model, optimizer_name, hparams, total, -(-total // eval_every), rms_schedule=rms_schedule
+    )
     optimizer = setup.optimizer
+    probes = agr_probe_steps(optimizer, total)
+    agr_changes: list[float] = []
     curves = Curves()
     train_time = 0.0
 
@@ -205,6 +391,7 @@ def train(
         )
 
     checkpoint(0)
+    call_hooks(callbacks, "on_train_begin", model, optimizer)
     step, epoch, diverged = 0, 0, False
     while step < total and not diverged:
         start = time.perf_counter()
@@ -217,7 +404,10 @@ def train(
                 break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            if step + 1 in probes:
+                agr_changes.append(step_measuring_agr(optimizer))
+            else:
+                optimizer.step()
             setup.lr_scheduler.step()
             step += 1
             due = step % eval_every == 0 or step == total
@@ -238,13 +428,13 @@ def train(
     if diverged and curves.data["step"][-1] != step:
         checkpoint(step)
     final = {k: v for k, v in curves.last().items() if k not in ("step", "epoch", "lr", "p")}
-    return {
-        "curves": curves.data,
-        "final": final,
-        "steps": step,
-        "extra": {
-            "diverged": diverged,
-            "num_params": count_params(model),
-            "device": str(device),
-        },
+    extra: dict[str, Any] = {
+        "diverged": diverged or paired_diverged,
+        "num_params": count_params(model),
+        "device": str(device),
+        "data_hash": data.data_hash(),
     }
+    task.__dict__["_data_hash"] = extra["data_hash"]  # task.data_hash() need not rebuild the data
+    if agr_changes:
+        extra["agr_relative_change"] = statistics.median(agr_changes)
+    return {"curves": curves.data, "final": final, "steps": step, "extra": extra}

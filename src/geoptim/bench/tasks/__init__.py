@@ -13,15 +13,15 @@
 =============  ======================================================================
 
 Overrides set a task's options (its dataclass fields, e.g. ``model``, ``activation``,
-``data_dir``); unknown names or values raise ``ValueError``.
+``data_dir``), checked by :func:`geoptim.bench.tasks.base.check_options`: unknown names or values
+of the wrong type or out of range raise ``ValueError``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-from geoptim.bench.tasks.base import SUITES, Task, TaskData, TrainableTask
+from geoptim.bench.tasks.base import SUITES, Task, TaskData, TrainableTask, check_options
 from geoptim.bench.tasks.charlm import CharLMTask
 from geoptim.bench.tasks.cifar import Cifar100Task, CifarTask
 from geoptim.bench.tasks.ddpm import DDPMTask
@@ -48,14 +48,7 @@ def get_task(name: str, **overrides: Any) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     cls = TASKS[name]
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(
-            f"task {name!r} has no option {', '.join(map(repr, unknown))}; "
-            f"its options: {', '.join(sorted(fields))}"
-        )
-    return cls(**overrides)
+    return cls(**check_options(cls, overrides))
 
 
 __all__ = [
@@ -64,6 +57,7 @@ __all__ = [
     "Task",
     "TaskData",
     "TrainableTask",
+    "check_options",
     "get_task",
     "grokking_gap",
     "list_tasks",

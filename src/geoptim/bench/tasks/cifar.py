@@ -6,7 +6,8 @@ normalisation, training augmentation: random 32x32 crop of the 4-padded image an
 flip (tensor ops, seeded per epoch). Batch size 128, 200 epochs for ``full`` (the paper's setting;
 GPU only: ``device`` ``"auto"`` picks CUDA when present). Train metrics are measured on the first
 ``eval_train_size`` (10000) training images without augmentation, test metrics on the whole test
-set. The ``quick`` budget is a smoke run (two epochs of 20 mini-batches).
+set; ``n_val`` (5000) training images, fixed (seed 0), are held out for validation. The
+``quick`` budget is a smoke run (two epochs of 20 mini-batches).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from geoptim.bench.data import TensorData, augment_cifar, load_cifar, normalize_cifar
-from geoptim.bench.tasks.base import TrainableTask, check_choice
+from geoptim.bench.data import TensorData, augment_cifar, hold_out, load_cifar, normalize_cifar
+from geoptim.bench.tasks.base import TrainableTask, option
 from geoptim.models import ACTIVATIONS, CIFAR_MODELS
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
@@ -31,16 +32,13 @@ class CifarTask(TrainableTask):
         "CIFAR-10 from a local pickle folder, ResNet-18/50 or VGG-11, crop+flip augmentation"
     )
 
-    model: str = "resnet18"
-    activation: str = "relu"
-    batch_size: int = 128
+    model: str = option("resnet18", choices=tuple(CIFAR_MODELS))
+    activation: str = option("relu", choices=ACTIVATIONS)
+    batch_size: int = option(128, ge=1)
     data_dir: str | None = None
-    eval_train_size: int = 10000
+    eval_train_size: int = option(10000, ge=1)
+    n_val: int = option(5000, ge=0)
     device: str = "auto"
-
-    def __post_init__(self) -> None:
-        check_choice("model", self.model, tuple(CIFAR_MODELS))
-        check_choice("activation", self.activation, ACTIVATIONS)
 
     def _budgets(self) -> dict[str, dict[str, Any]]:
         return {"quick": {"epochs": 2, "batches_per_epoch": 20}, "full": {"epochs": 200}}
@@ -49,12 +47,14 @@ class CifarTask(TrainableTask):
         return CIFAR_MODELS[self.model](NUM_CLASSES[self.name], self.activation)
 
     def make_data(self, seed: int) -> TensorData:
-        (x_tr, y_tr), (x_te, y_te) = load_cifar(self.name, self.data_dir)
+        train, (x_te, y_te) = load_cifar(self.name, self.data_dir)
+        (x_tr, y_tr), (x_va, y_va) = hold_out(train, self.n_val)
         return TensorData(
             normalize_cifar(x_tr, self.name),
             y_tr,
             normalize_cifar(x_te, self.name),
             y_te,
+            val=(normalize_cifar(x_va, self.name), y_va),
             batch_size=self.batch_size,
             seed=seed,
             augment=_augment,

@@ -20,8 +20,9 @@ GD needs 4 while sign-like steps oscillate around the minimum unless the lr is s
 ``run`` records the loss and the trajectory at every step, and ``extra``:
 ``trajectory`` (``[[x, y], ...]`` from ``w0``), ``steps_to_target`` (first step with
 ``L <= target_loss``, 0 if ``w0`` already is; ``None`` if never), ``target_loss``
-(``target_frac * L(w0)``), ``problem``, ``diverged``. The budget ``{"steps": n}`` may also name
-the ``problem``, overriding the task option.
+(``target_frac * L(w0)``), ``problem``, ``diverged`` and ``data_hash`` (of ``A`` and ``w0``).
+The budget ``{"steps": n}`` may also name the ``problem``, overriding the task option. There is no
+data, hence no validation or test split: tuning reads the training loss.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from geoptim.bench.tasks.base import Task, check_choice
+from geoptim.bench.data import tensors_hash
+from geoptim.bench.tasks.base import Task, check_choice, option
 from geoptim.bench.training import call_hooks, setup_optimizer
 
 PROBLEMS: dict[str, tuple[float, float]] = {"strong": (1.0, 0.01), "weak": (1.0, 0.5)}
@@ -54,16 +56,22 @@ class QuadraticTask(Task):
         "trajectory and steps to reach a target loss (GD vs signGD vs l_p)"
     )
 
-    problem: str = "strong"
+    TUNING_METRIC: ClassVar[str] = "-train_loss"
+    STEP_SECONDS: ClassVar[float] = 2e-4
+
+    problem: str = option("strong", choices=tuple(PROBLEMS))
     w0: tuple[float, float] = (0.5, 2.0)
-    target_frac: float = 1e-3
+    target_frac: float = option(1e-3, gt=0)
 
     def __post_init__(self) -> None:
-        check_choice("problem", self.problem, tuple(PROBLEMS))
         self.w0 = (float(self.w0[0]), float(self.w0[1]))
 
     def _budgets(self) -> dict[str, dict[str, Any]]:
         return {"quick": {"steps": 200}, "full": {"steps": 2000}}
+
+    def data_hash(self, problem: str | None = None) -> str:
+        eigenvalues = torch.tensor(PROBLEMS[problem or self.problem], dtype=torch.float64)
+        return tensors_hash({"A": eigenvalues, "w0": torch.tensor(self.w0, dtype=torch.float64)})
 
     def run(
         self,
@@ -77,6 +85,8 @@ class QuadraticTask(Task):
         """Deterministic (``seed`` is only set for optimizers that might draw random numbers).
         Callbacks get ``on_step(step, model, optimizer, loss)`` with ``model`` a module whose one
         parameter ``w`` is the point and ``loss`` its value before the step; there are no epochs."""
+        if optimizer == "sgdm_rms":
+            raise ValueError("sgdm_rms (the LPSGDM step-size control) runs on trainable tasks only")
         torch.manual_seed(seed)
         problem = budget.get("problem", self.problem)
         check_choice("problem", problem, tuple(PROBLEMS))
@@ -130,5 +140,6 @@ class QuadraticTask(Task):
                 "target_loss": target,
                 "problem": problem,
                 "diverged": diverged,
+                "data_hash": self.data_hash(problem),
             },
         }
