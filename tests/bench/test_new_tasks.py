@@ -64,11 +64,17 @@ def test_registered() -> None:
     for name in ("charlm", "vit", "ddpm"):
         task = tasks.get_task(name)
         assert task.name == name and task.description
-        for suite in ("quick", "full"):
+        for suite in ("quick", "standard", "full"):
             budget = task.default_budget(suite)
             assert ("epochs" in budget) != ("steps" in budget)
+        quick, full = (task.estimated_seconds(task.default_budget(s)) for s in ("quick", "full"))
+        assert 0 < quick < full
     with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
         tasks.get_task("ddpm", dataset="cifar")
+    with pytest.raises(ValueError, match="diffusion_steps must be > 20"):
+        tasks.get_task("ddpm", diffusion_steps=20)
+    with pytest.raises(ValueError, match="patch"):
+        tasks.get_task("vit", patch=3)
 
 
 def test_data_without_network(no_network: None) -> None:
@@ -84,6 +90,7 @@ def test_data_fixed_across_seeds_and_hashed() -> None:
     small = {"n_train": 300, "n_eval": 100}
     for name, options, changed in (
         ("charlm", {}, {"block": 2048}),
+        ("vit", {}, {"split_seed": 1}),
         ("ddpm", small, {"data_seed": 1}),
         ("ddpm", small, {"diffusion_steps": 50}),
     ):
@@ -183,6 +190,7 @@ def test_charlm_trains() -> None:
     result = task.run("adamw", {"lr": 1e-3}, 0, {"steps": 2, "eval_every": 2})
     assert {"val_bpc", "test_bpc", "val_acc"} <= set(result["final"])
     assert result["extra"]["text_sha256"] == charlm.stdlib_splits()[1]
+    assert result["extra"]["data_hash"] == task.data_hash()
 
 
 # ---------------------------------------------------------------- vit
@@ -210,14 +218,15 @@ def test_vit_params_and_shape() -> None:
 def test_vit_data_and_training() -> None:
     task = tasks.get_task("vit")
     data = task.make_data(0)
-    assert data.x_train.shape[1:] == data.x_test.shape[1:] == (1, 8, 8)
+    assert data.x_train.shape == (1047, 1, 8, 8) and data.x_test.shape == (450, 1, 8, 8)
+    assert data.val is not None and data.val[0].shape == (300, 1, 8, 8)
     first = next(iter(data.train_batches(0)))[1]
     assert torch.equal(first, next(iter(task.make_data(0).train_batches(0)))[1])
     assert not torch.equal(first, next(iter(task.make_data(1).train_batches(0)))[1])
     before, after = loss_drops_on_fixed_batch(task)
     assert after < before - 0.5
     result = task.run("adamw", {"lr": 1e-3}, 0, {"epochs": 1, "batches_per_epoch": 2})
-    assert result["steps"] == 2 and 0.0 <= result["final"]["test_acc"] <= 1.0
+    assert result["steps"] == 2 and 0.0 <= result["final"]["val_acc"] <= 1.0
 
 
 # ---------------------------------------------------------------- ddpm: diffusion
@@ -231,7 +240,7 @@ def test_linear_betas() -> None:
     assert betas[0].item() == pytest.approx(1e-3) and betas[-1].item() == pytest.approx(0.2)
     assert torch.prod(1 - betas).item() < 1e-4  # x_T is nearly pure noise
     with pytest.raises(ValueError, match="more than 20 steps"):
-        tasks.get_task("ddpm", diffusion_steps=20)
+        ddpm.linear_betas(20)
 
 
 def test_noisy_batch_is_the_forward_process() -> None:

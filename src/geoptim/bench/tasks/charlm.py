@@ -43,8 +43,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from geoptim.bench.data import tensors_hash
 from geoptim.bench.tasks._transformer import Block
-from geoptim.bench.tasks.base import TrainableTask
+from geoptim.bench.tasks.base import TrainableTask, option
 
 STDLIB_FILES = (
     "argparse.py",
@@ -184,12 +185,8 @@ class CharData:
         return chunk[:, :-1], chunk[:, 1:]
 
     def data_hash(self) -> str:
-        """A 16-hex-digit SHA-256 prefix of the three encoded streams."""
-        digest = hashlib.sha256()
-        for name, stream in self.streams.items():
-            digest.update(f"{name}:{len(stream)};".encode())
-            digest.update(stream.cpu().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        """:func:`geoptim.bench.data.tensors_hash` of the three encoded streams."""
+        return tensors_hash(self.streams)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
@@ -244,24 +241,28 @@ class CharTransformer(nn.Module):
 @dataclasses.dataclass
 class CharLMTask(TrainableTask):
     name: ClassVar[str] = "charlm"
+    STEP_SECONDS: ClassVar[float] = 0.038
+    EVAL_SECONDS: ClassVar[float] = 0.39
+    TUNING_METRIC: ClassVar[str] = "val_acc"  # next-character accuracy (tune cannot minimise bpc)
     description: ClassVar[str] = (
         "character-level causal transformer on 12 standard-library modules (read at run time, "
         "hashes recorded); validation / test bits per character"
     )
 
-    context: int = 64
-    d_model: int = 64
-    n_heads: int = 4
-    n_layers: int = 2
-    d_mlp: int = 256
-    batch_size: int = 32
-    block: int = 4096
-    eval_chars: int = 16384
+    context: int = option(64, ge=1)
+    d_model: int = option(64, ge=1)
+    n_heads: int = option(4, ge=1)
+    n_layers: int = option(2, ge=1)
+    d_mlp: int = option(256, ge=1)
+    batch_size: int = option(32, ge=1)
+    block: int = option(4096, ge=1)
+    eval_chars: int = option(16384, ge=1)
 
     def _budgets(self) -> dict[str, dict[str, Any]]:
         return {
             "quick": {"steps": 400, "eval_every": 100},
-            "full": {"steps": 4000, "eval_every": 250},
+            "standard": {"steps": 1500, "eval_every": 250},
+            "full": {"steps": 10000, "eval_every": 500},
         }
 
     def _build_model(self) -> nn.Module:

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import math
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
@@ -57,7 +56,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from geoptim.bench.tasks.base import TrainableTask, check_choice
+from geoptim.bench.data import DIGITS_TEST_SIZE, DIGITS_VAL_SIZE, tensors_hash
+from geoptim.bench.tasks.base import TrainableTask, option
 
 DATASETS = ("moons", "swiss_roll", "digits")
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -221,18 +221,19 @@ def toy_splits(dataset: str, n_train: int, n_eval: int, seed: int) -> tuple[torc
 
 def digits_pixels(split_seed: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
     """``sklearn`` digits as 64-vectors scaled from ``0 .. 16`` to ``[-1, 1]`` with their labels:
-    ``(train, val, test)`` of 1047 / 300 / 450 images, stratified (``random_state=split_seed``).
-    Not standardised per pixel: nearly constant border pixels would become huge outliers."""
+    ``(train, val, test)`` of 1047 / 300 / 450 images, stratified (``random_state=split_seed``),
+    the same images as :func:`geoptim.bench.data.load_digits_split`'s splits. Not standardised
+    per pixel: nearly constant border pixels would become huge outliers."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     x, y = digits.data / 8.0 - 1.0, digits.target
     x_rest, x_te, y_rest, y_te = train_test_split(
-        x, y, test_size=450, stratify=y, random_state=split_seed
+        x, y, test_size=DIGITS_TEST_SIZE, stratify=y, random_state=split_seed
     )
     x_tr, x_va, y_tr, y_va = train_test_split(
-        x_rest, y_rest, test_size=300, stratify=y_rest, random_state=split_seed
+        x_rest, y_rest, test_size=DIGITS_VAL_SIZE, stratify=y_rest, random_state=split_seed
     )
 
     def prep(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -325,12 +326,8 @@ class DiffusionData:
         return self.fixed_noisy_batch(self.splits["train"][:n])
 
     def data_hash(self) -> str:
-        """A 16-hex-digit SHA-256 prefix of the three splits and the noise schedule."""
-        digest = hashlib.sha256(self.betas.numpy().tobytes())
-        for name, x in self.splits.items():
-            digest.update(f"{name}:{tuple(x.shape)};".encode())
-            digest.update(x.cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        """:func:`geoptim.bench.data.tensors_hash` of the three splits and the noise schedule."""
+        return tensors_hash({**self.splits, "betas": self.betas})
 
     def distances(self, samples: torch.Tensor, split: str) -> dict[str, float]:
         """The metrics of ``samples`` against held-out ``split`` (keys without the split name)."""
@@ -367,35 +364,37 @@ class DiffusionData:
 @dataclasses.dataclass
 class DDPMTask(TrainableTask):
     name: ClassVar[str] = "ddpm"
+    STEP_SECONDS: ClassVar[float] = 0.0035  # moons; swiss roll the same, digits 0.0046
+    EVAL_SECONDS: ClassVar[float] = 1.0  # sampling dominates; digits 1.3
+    TUNING_METRIC: ClassVar[str] = "-val_loss"  # the validation denoising loss
     description: ClassVar[str] = (
         "DDPM (linear betas, epsilon prediction, T = 100) with an MLP denoiser on 2-D moons / "
         "swiss roll or 8x8 digits; sliced Wasserstein and MMD (2-D) or Fréchet distance (digits)"
     )
 
-    dataset: str = "moons"
-    diffusion_steps: int = 100
-    width: int | None = None  # None: 128 for 2-D data, 256 for digits
-    n_layers: int = 3
-    time_dim: int = 32
-    batch_size: int = 256
-    n_train: int = 4000
-    n_eval: int = 2000  # 2-D: points per held-out split and samples; digits: samples
-    data_seed: int = 0
-    sample_seed: int = 0
-    feature_seed: int = 0
-    n_projections: int = 256
-    mmd_bandwidth: float = 0.5
+    dataset: str = option("moons", choices=DATASETS)
+    diffusion_steps: int = option(100, gt=20)  # the rescaled schedule needs more than 20
+    width: int | None = option(None, ge=1)  # None: 128 for 2-D data, 256 for digits
+    n_layers: int = option(3, ge=1)
+    time_dim: int = option(32, ge=2)
+    batch_size: int = option(256, ge=1)
+    n_train: int = option(4000, ge=2)  # 2-D only
+    n_eval: int = option(2000, ge=2)  # 2-D: points per held-out split and samples; digits: samples
+    data_seed: int = option(0, ge=0)
+    sample_seed: int = option(0, ge=0)
+    feature_seed: int = option(0, ge=0)
+    n_projections: int = option(256, ge=1)
+    mmd_bandwidth: float = option(0.5, gt=0)
 
     def __post_init__(self) -> None:
-        check_choice("dataset", self.dataset, DATASETS)
-        linear_betas(self.diffusion_steps)  # checks the number of steps
         if self.width is None:
             self.width = 256 if self.dataset == "digits" else 128
 
     def _budgets(self) -> dict[str, dict[str, Any]]:
         return {
             "quick": {"steps": 3000, "eval_every": 1000},
-            "full": {"steps": 20000, "eval_every": 2000},
+            "standard": {"steps": 8000, "eval_every": 2000},
+            "full": {"steps": 40000, "eval_every": 4000},
         }
 
     def _dim(self) -> int:

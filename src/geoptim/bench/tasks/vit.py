@@ -1,8 +1,10 @@
 """A tiny vision transformer on ``sklearn``'s 8x8 digits (analog of the SepNorm paper's ViT table
 and the AGR paper's TinyViT runs, at CPU scale).
 
-Data: the digits split of :func:`geoptim.bench.data.load_digits_split` (fixed and stratified,
-pixels standardised with the training statistics). Model: :class:`TinyViT` cuts each image into
+Data: the digits splits of :func:`geoptim.bench.data.load_digits_split` (fixed and stratified:
+1047 train / 300 validation / 450 test images, pixels standardised with the training statistics;
+``n_train`` and ``label_noise`` make the training set smaller and noisier as in the ``digits``
+task, by default it is the whole clean one). Model: :class:`TinyViT` cuts each image into
 ``(8 / patch)^2`` patches of ``patch x patch`` pixels (16 patches of 2x2 by default), embeds each
 linearly, prepends a learned class token, adds learned position embeddings, applies ``n_layers``
 non-causal pre-LayerNorm blocks (:mod:`geoptim.bench.tasks._transformer`) and reads the class
@@ -20,7 +22,7 @@ from torch import nn
 
 from geoptim.bench.data import TensorData, load_digits_split
 from geoptim.bench.tasks._transformer import Block
-from geoptim.bench.tasks.base import TrainableTask
+from geoptim.bench.tasks.base import TrainableTask, option
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
@@ -73,24 +75,29 @@ class TinyViT(nn.Module):
 @dataclasses.dataclass
 class ViTTask(TrainableTask):
     name: ClassVar[str] = "vit"
+    STEP_SECONDS: ClassVar[float] = 0.015
+    EVAL_SECONDS: ClassVar[float] = 0.14
     description: ClassVar[str] = (
         "sklearn 8x8 digits, tiny ViT (2x2 patches, class token, 2 blocks), mini-batches; "
         "NLL / top-1 per epoch"
     )
 
-    patch: int = 2
-    d_model: int = 64
-    n_heads: int = 4
-    n_layers: int = 2
-    d_mlp: int = 128
-    batch_size: int = 64
+    patch: int = option(2, choices=(1, 2, 4, 8))
+    d_model: int = option(64, ge=1)
+    n_heads: int = option(4, ge=1)
+    n_layers: int = option(2, ge=1)
+    d_mlp: int = option(128, ge=1)
+    batch_size: int = option(64, ge=1)
+    n_train: int | None = option(None, ge=10)
+    label_noise: float = option(0.0, ge=0, lt=1)
+    split_seed: int = option(0, ge=0)
 
     def _budgets(self) -> dict[str, dict[str, Any]]:
-        return {"quick": {"epochs": 20}, "full": {"epochs": 100}}
+        return {"quick": {"epochs": 20}, "standard": {"epochs": 50}, "full": {"epochs": 200}}
 
     def _build_model(self) -> nn.Module:
         return TinyViT(8, 1, self.patch, 10, self.d_model, self.n_heads, self.n_layers, self.d_mlp)
 
     def make_data(self, seed: int) -> TensorData:
-        (x_tr, y_tr), (x_te, y_te) = load_digits_split()
-        return TensorData(x_tr, y_tr, x_te, y_te, batch_size=self.batch_size, seed=seed)
+        splits = load_digits_split(self.n_train, self.label_noise, self.split_seed)
+        return TensorData.from_splits(splits, batch_size=self.batch_size, seed=seed)
