@@ -16,7 +16,7 @@ from geoptim.bench.tasks.grokking import grokking_gap, reach_step
 from geoptim.bench.tasks.quadratic import PROBLEMS
 from tests.bench.test_data import write_fake_cifar
 
-ALL = ["quadratic", "grokking", "digits", "mnist1d", "cifar10", "cifar100"]
+ALL = ["quadratic", "grokking", "digits", "mnist1d", "vit", "ddpm", "charlm", "cifar10", "cifar100"]
 CLASSIFICATION_KEYS = {
     "step",
     "epoch",

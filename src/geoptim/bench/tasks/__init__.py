@@ -5,6 +5,9 @@
 ``grokking``   (a + b) mod 113, full batch, grokking gap (SepNorm paper, fig. 1)
 ``digits``     sklearn digits, small ResNet / VGG with BatchNorm (momentum tracing)
 ``mnist1d``    MNIST-1D, 1-D CNN
+``vit``        sklearn digits, tiny ViT with 2x2 patches
+``ddpm``       DDPM on 2-D toys (sliced W1, MMD) or digits (Fréchet distance)
+``charlm``     character-level transformer on stdlib source text, bits per character
 ``cifar10``    CIFAR-10, ResNet-18 / ResNet-50 / VGG-11 (LPSGD paper, table 1)
 ``cifar100``   CIFAR-100, same models (LPSGD paper, table 2)
 =============  ======================================================================
@@ -19,15 +22,19 @@ from __future__ import annotations
 from typing import Any
 
 from geoptim.bench.tasks.base import SUITES, Task, TaskData, TrainableTask, check_options
+from geoptim.bench.tasks.charlm import CharLMTask
 from geoptim.bench.tasks.cifar import Cifar100Task, CifarTask
+from geoptim.bench.tasks.ddpm import DDPMTask
 from geoptim.bench.tasks.digits import DigitsTask
 from geoptim.bench.tasks.grokking import GrokkingTask, grokking_gap
 from geoptim.bench.tasks.mnist1d import MNIST1DTask
 from geoptim.bench.tasks.quadratic import QuadraticTask
+from geoptim.bench.tasks.vit import ViTTask
 
 TASKS: dict[str, type[Task]] = {
     cls.name: cls
-    for cls in (QuadraticTask, GrokkingTask, DigitsTask, MNIST1DTask, CifarTask, Cifar100Task)
+    for cls in (QuadraticTask, GrokkingTask, DigitsTask, MNIST1DTask, ViTTask, DDPMTask,
+                CharLMTask, CifarTask, Cifar100Task)
 }
 
 
