@@ -292,3 +292,15 @@ def test_paper_grokking_settings_for_the_transformer():
     for name, wd in (("adamw", 1.0), ("lion", 5.0), ("sepnorm", 5.0), ("ortsepnorm", 0.1)):
         preset = paper_preset("grokking", name, transformer)
         assert (preset["lr"], preset["weight_decay"]) == (1e-3, wd)
+
+
+def test_run_value_reads_any_validation_metric_and_refuses_the_test_split():
+    result = {"final": {"val_loss": 0.25, "val_bpc": 2.5, "test_acc": 0.9}, "curves": {}}
+    result["curves"]["val_acc"] = [0.2, 0.4, 0.9]
+    assert tune.run_value(result, "-val_loss") == -0.25
+    assert tune.run_value(result, "-val_bpc") == -2.5
+    assert tune.run_value(result, "val_acc_mean") == pytest.approx(0.5)
+    assert math.isnan(tune.run_value(result, "val_acc"))
+    for metric in ("test_acc", "-test_loss", "test_acc_mean"):
+        with pytest.raises(ValueError, match="test split"):
+            tune.run_value(result, metric)

@@ -14,7 +14,10 @@ missing run scores -inf), read from the validation split only, never from the te
 * ``"val_acc"``: the final validation accuracy (the default);
 * ``"val_acc_mean"``: the mean validation accuracy over all checkpoints (the area under the
   validation learning curve; grokking, where most settings end at 100%);
-* ``"-train_loss"``: minus the final training loss (the quadratic, which has no data to hold out).
+* ``"-train_loss"``: minus the final training loss (the quadratic, which has no data to hold out);
+* in general ``"NAME"`` (the final value, higher is better), ``"-NAME"`` (lower is better,
+  e.g. ``"-val_loss"``, ``"-val_bpc"``) and ``"NAME_mean"`` (the mean over checkpoints); a
+  ``test_`` metric is refused.
 
 Trials are ordinary runs with records under ``DIR/tune``, so an interrupted search resumes. The
 best setting becomes the tuned preset ``DIR/presets/<task>__<optimizer>.json`` with its
@@ -47,7 +50,8 @@ TUNE_SUBDIR = "tune"
 SEED_BASE = 1000
 """Trials use seeds ``SEED_BASE, SEED_BASE + 1, ...``; the benchmark's are ``0 .. SEED_BASE - 1``,
 so a tuned setting is never chosen on the very runs it is then judged on."""
-METRICS = ("val_acc", "val_acc_mean", "-train_loss")
+METRICS = ("val_acc", "val_acc_mean", "-train_loss", "-val_loss")
+"""The tuning metrics the shipped tasks use (any ``[-]NAME[_mean]`` of a non-test metric works)."""
 
 
 @dataclass
@@ -94,15 +98,17 @@ def choose(
 
 
 def run_value(result: dict[str, Any], metric: str) -> float:
-    """One run's ``metric`` (see module doc); ``nan`` when the run lacks it."""
-    if metric == "val_acc":
-        return float((result.get("final") or {}).get("val_acc", math.nan))
-    if metric == "val_acc_mean":
-        curve = (result.get("curves") or {}).get("val_acc")
-        return float(np.mean(curve)) if curve else math.nan
-    if metric == "-train_loss":
-        return -float((result.get("final") or {}).get("train_loss", math.nan))
-    raise ValueError(f"unknown tuning metric {metric!r}; known: {', '.join(METRICS)}")
+    """One run's ``metric`` (see module doc); ``nan`` when the run lacks it. A metric of the test
+    split is refused: tuning never reads it."""
+    name = metric.removeprefix("-")
+    if name.startswith("test"):
+        raise ValueError(f"tuning metric {metric!r} reads the test split; use a val_ metric")
+    if name.endswith("_mean"):
+        curve = (result.get("curves") or {}).get(name.removesuffix("_mean"))
+        value = float(np.mean(curve)) if curve else math.nan
+    else:
+        value = float((result.get("final") or {}).get(name, math.nan))
+    return -value if metric.startswith("-") else value
 
 
 def score(records: list[dict[str, Any] | None], metric: str = "val_acc") -> float:

@@ -33,8 +33,17 @@ from geoptim.bench.tasks.vit import ViTTask
 
 TASKS: dict[str, type[Task]] = {
     cls.name: cls
-    for cls in (QuadraticTask, GrokkingTask, DigitsTask, MNIST1DTask, ViTTask, DDPMTask,
-                CharLMTask, CifarTask, Cifar100Task)
+    for cls in (
+        QuadraticTask,
+        GrokkingTask,
+        DigitsTask,
+        MNIST1DTask,
+        ViTTask,
+        DDPMTask,
+        CharLMTask,
+        CifarTask,
+        Cifar100Task,
+    )
 }
 
 
