@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from geoptim.analysis import HessianOperator, hessian_top_eigenvalues
-from geoptim.models import DigitsResNet
+from geoptim.bench.models import DigitsResNet
 
 
 def make_model(name: str) -> tuple[nn.Module, tuple[int, ...]]:

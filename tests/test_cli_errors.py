@@ -209,11 +209,11 @@ def workdir(tmp_path, monkeypatch):
 @pytest.fixture
 def no_work(monkeypatch):
     """Every function that starts work fails the test."""
-    import geoptim.analysis.experiments as experiments
+    import geoptim.bench.experiments as experiments
     import geoptim.bench.runner as runner
     import geoptim.bench.tune as tune
-    import geoptim.distributed.train as train
-    import geoptim.speed as speed
+    import geoptim.cli.speed as speed
+    import geoptim.cli.train as train
 
     for module, name in (
         (runner, "execute"),
@@ -349,7 +349,7 @@ def test_bad_option_values_name_the_option_and_the_rule(overrides, problem):
 
 
 def test_internal_errors_keep_their_traceback(workdir, monkeypatch):
-    import geoptim.bench.cli_report as cli_report
+    import geoptim.cli.report as cli_report
 
     def broken(args):
         raise RuntimeError("a bug, not a user error")

@@ -72,8 +72,8 @@ monotone annealing, of which the cosine schedule is the case of an anisotropy fa
 cosine. Before the first estimate, and whenever an estimate is undefined (zero gradients, a zero
 Hessian) or not finite, p keeps its value (a non-finite gradient estimate also restarts the EMA).
 
-**Cost**, measured once (the digits ResNet of :mod:`geoptim.models`, 19.7k parameters, batch 64,
-float32, one thread of a CPU shared with other jobs: rough figures). A training step (forward,
+**Cost**, measured once (the digits ResNet of :mod:`geoptim.bench.models`, 19.7k parameters, batch
+64, float32, one thread of a CPU shared with other jobs: rough figures). A training step (forward,
 backward, ``LPSGDM.step``) took 28 ms, ``optimizer.step`` 0.82 ms. The gradient estimator: 0.25 ms
 per step and 0.67 ms per estimate, so 0.29 ms per step at ``interval=10``: 0.35 times
 ``optimizer.step``, 1% of a training step. The Hessian estimator, 10 Lanczos steps: 0.81 s per

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from geoptim import models
-from geoptim.models import count_params
+from geoptim.bench import models
+from geoptim.bench.models import count_params
 
 
 def _conv(c_in: int, c_out: int, k: int, bias: bool = False) -> int:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 from geoptim.bench import suites
-from geoptim.bench.cli_common import make_task
 from geoptim.bench.presets import Presets
 from geoptim.bench.records import RunSpec
 from geoptim.bench.suites import build_specs, select
+from geoptim.cli.common import make_task
 
 HEADLINE = {  # (task label, series label) of every arm of the headline comparisons
     ("digits", "lpsgdm"),

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from geoptim import cli, speed
+from geoptim import cli
+from geoptim.cli import speed
 
 
 def test_speed_command_writes_table_json_and_plot(tmp_path):

@@ -6,8 +6,10 @@
 * :mod:`~geoptim.analysis.monitors`: training-loop callbacks (momentum tracing, weight quantile,
   weight/update cosine, weight norms against the SepNorm fixed point, update RMS).
 * :mod:`~geoptim.analysis.curvature`: the per-epoch curvature recorder (a callback).
-* :mod:`~geoptim.analysis.experiments`: the curvature-evolution and momentum-tracing experiments
-  (and :mod:`~geoptim.analysis.plots`, :mod:`~geoptim.analysis.cli`: ``geoptim curvature``).
+* :mod:`~geoptim.analysis.plots`: the spectral-density and curvature figures.
+
+The benchmark builds its curvature-evolution and momentum-tracing experiments on these
+(:mod:`geoptim.bench.experiments`; the command ``geoptim curvature``).
 
 Every callback works with :func:`geoptim.bench.training.train` (``task.run(...,
 callbacks=[...])``) or any loop that calls ``on_step(step, model, optimizer, loss)`` after each

@@ -341,8 +341,8 @@ def _section(section: Section, out_dir: Path) -> str:
 def _analysis_section(records: list[dict], out_dir: Path) -> str:
     """Figures and tables of the ``curvature`` and ``momentum_tracing`` records, redrawn from
     the records (:mod:`geoptim.analysis.plots`)."""
-    from geoptim.analysis.experiments import curvature_title, tracing_title
     from geoptim.analysis.plots import plot_curvature, plot_momentum_tracing
+    from geoptim.bench.experiments import curvature_title, tracing_title
 
     parts = ["## Curvature and training dynamics\n"]
     for record in sorted(records, key=lambda r: (r["config"]["kind"], r["label"], r["seed"])):

@@ -82,10 +82,10 @@ def run_curvature(
     spec: RunSpec, progress: Callable[[float], None]
 ) -> tuple[dict[str, Any], str | None]:
     """The ``"curvature"`` kind: Hessian spectra over training
-    (:func:`geoptim.analysis.experiments.curvature_experiment`); ``budget`` gives ``epochs``,
+    (:func:`geoptim.bench.experiments.curvature_experiment`); ``budget`` gives ``epochs``,
     ``at`` (the epochs to measure) and optionally the estimators' sizes (``k``,
     ``hessian_samples``, ``slq_probes``, ``slq_steps``, ``trace_samples``)."""
-    from geoptim.analysis.experiments import curvature_experiment
+    from geoptim.bench.experiments import curvature_experiment
 
     sizes = {key: int(value) for key, value in spec.budget.items() if key in CURVATURE_SIZES}
     return curvature_experiment(
@@ -109,9 +109,9 @@ def run_momentum_tracing(
 ) -> tuple[dict[str, Any], str | None]:
     """The ``"momentum_tracing"`` kind: ``spec.optimizer`` on the digits ResNet with ReLU
     and with leaky ReLU, with the tracing monitors
-    (:func:`geoptim.analysis.experiments.momentum_tracing_experiment`); ``hparams`` give
+    (:func:`geoptim.bench.experiments.momentum_tracing_experiment`); ``hparams`` give
     ``lr`` and ``weight_decay`` (constant lr), ``budget`` the ``epochs``."""
-    from geoptim.analysis.experiments import momentum_tracing_experiment
+    from geoptim.bench.experiments import momentum_tracing_experiment
 
     runs = tuple((spec.optimizer, activation) for activation in ("relu", "leaky_relu"))
     return momentum_tracing_experiment(

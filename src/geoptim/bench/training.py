@@ -64,7 +64,7 @@ import torch
 from torch import nn
 
 from geoptim import create_optimizer, param_groups
-from geoptim.models import count_params
+from geoptim.bench.models import count_params
 
 if TYPE_CHECKING:
     from geoptim.bench.tasks.base import TrainableTask

@@ -4,7 +4,7 @@ geoptim's optimizers need nothing from this package to be correct under ``torch.
 they take DDP, ``ZeroRedundancyOptimizer`` and FSDP2 (``fully_shard``, including HSDP)
 parameters as they are, and reduce the per-tensor statistics of sharded parameters across ranks
 themselves (:mod:`geoptim._stats`). The helpers here serve the ``geoptim train`` entry
-(:mod:`geoptim.distributed.train`) and scripts like it; see ``docs/distributed.md``.
+(:mod:`geoptim.cli.train`) and scripts like it; see ``docs/distributed.md``.
 """
 
 from __future__ import annotations

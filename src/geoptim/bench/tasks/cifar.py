@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from geoptim.bench.data import TensorData, augment_cifar, hold_out, load_cifar, normalize_cifar
+from geoptim.bench.models import ACTIVATIONS, CIFAR_MODELS
 from geoptim.bench.tasks.base import TrainableTask, option
-from geoptim.models import ACTIVATIONS, CIFAR_MODELS
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 

@@ -6,11 +6,11 @@ at ~97% test accuracy): by default only ``n_train`` (NTRAIN) stratified training
 test (450) sets with clean labels; pixels standardised with the training statistics
 (:func:`geoptim.bench.data.load_digits_split`, ``split_seed`` 0). ``n_train=None,
 label_noise=0`` restores the whole clean training set (1047 images). Models (option ``model``):
-``"resnet"`` (:class:`geoptim.models.DigitsResNet`: stem + two BasicBlocks with BatchNorm) or
-``"vgg"`` (:class:`geoptim.models.DigitsVGG`), ``width`` channels in the first stage, activation
-``"relu"`` or ``"leaky_relu"`` (the momentum-tracing study of the SepNorm paper needs ReLU's exact
-zero gradients and a leaky control). Mini-batches of ``batch_size`` (64); train NLL and test top-1
-after every epoch.
+``"resnet"`` (:class:`geoptim.bench.models.DigitsResNet`: stem + two BasicBlocks with BatchNorm) or
+``"vgg"`` (:class:`geoptim.bench.models.DigitsVGG`), ``width`` channels in the first stage,
+activation ``"relu"`` or ``"leaky_relu"`` (the momentum-tracing study of the SepNorm paper needs
+ReLU's exact zero gradients and a leaky control). Mini-batches of ``batch_size`` (64); train NLL and
+test top-1 after every epoch.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 from torch import nn
 
 from geoptim.bench.data import TensorData, load_digits_split
+from geoptim.bench.models import ACTIVATIONS, DigitsResNet, DigitsVGG
 from geoptim.bench.tasks.base import TrainableTask, option
-from geoptim.models import ACTIVATIONS, DigitsResNet, DigitsVGG
 
 MODELS = ("resnet", "vgg")
 

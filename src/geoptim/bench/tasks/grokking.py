@@ -34,8 +34,8 @@ from typing import Any, ClassVar
 from torch import nn
 
 from geoptim.bench.data import TensorData, modular_addition
+from geoptim.bench.models import GrokMLP, GrokTransformer
 from geoptim.bench.tasks.base import TrainableTask, option
-from geoptim.models import GrokMLP, GrokTransformer
 
 MODELS = ("mlp", "transformer")
 

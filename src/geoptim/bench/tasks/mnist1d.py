@@ -3,7 +3,7 @@
 The ``mnist1d`` package's procedural generator with its default arguments (5000 samples, 4000
 train / 1000 test) and seed ``data_seed`` (42, the package default) -- never its download path;
 cached in memory per process (:func:`geoptim.bench.data.load_mnist1d`; generating takes a few
-seconds). Model: :class:`geoptim.models.MNIST1DCNN` (three conv layers, ``channels`` wide);
+seconds). Model: :class:`geoptim.bench.models.MNIST1DCNN` (three conv layers, ``channels`` wide);
 mini-batches of ``batch_size`` (100); after every epoch the NLL and top-1 on the first
 ``eval_train_size`` (1000) training signals, the validation split (the last ``n_val`` = 500 of the
 generator's 4000 training signals) and the 1000 test signals.
@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 from torch import nn
 
 from geoptim.bench.data import TensorData, load_mnist1d
+from geoptim.bench.models import MNIST1DCNN
 from geoptim.bench.tasks.base import TrainableTask, option
-from geoptim.models import MNIST1DCNN
 
 
 @dataclasses.dataclass

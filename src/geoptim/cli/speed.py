@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from geoptim.bench.cli_common import ConfigError, positive_float, positive_int, writable_dir
+from geoptim.cli.common import ConfigError, positive_float, positive_int, writable_dir
 
 HELP = "time optimizer steps (geoptim and peers) and write a table and a plot"
 

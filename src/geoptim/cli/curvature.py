@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from geoptim.analysis.spectrum import trace_estimate
-from geoptim.bench.cli_common import (
+from geoptim.cli.common import (
     ConfigError,
     check_hparams,
     check_task,
@@ -110,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from geoptim.analysis.experiments import CURVATURE_HPARAMS, curvature_experiment
+    from geoptim.bench.experiments import CURVATURE_HPARAMS, curvature_experiment
     from geoptim.bench.tasks import TrainableTask
 
     name, inline = parse_task(args.task)  # digits:model=vgg, as in bench and tune

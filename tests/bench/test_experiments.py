@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from geoptim.analysis import cli
 from geoptim.analysis.curvature import CurvatureRecorder, summarize
-from geoptim.analysis.experiments import curvature_experiment, momentum_tracing_experiment
-from geoptim.bench.cli_common import check_task
+from geoptim.bench.experiments import curvature_experiment, momentum_tracing_experiment
+from geoptim.cli import curvature as cli
+from geoptim.cli.common import check_task
 
 
 def test_summary_measures() -> None:

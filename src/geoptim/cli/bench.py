@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from geoptim.bench.cli_common import (
+from geoptim.cli.common import (
     ConfigError,
+    add_executor_arguments,
     check_hparams,
     check_optimizers,
     make_task,
@@ -18,7 +19,6 @@ from geoptim.bench.cli_common import (
     task_variant,
     writable_dir,
 )
-from geoptim.bench.executors import add_executor_arguments
 
 if TYPE_CHECKING:
     from geoptim.bench.records import RunSpec
@@ -136,10 +136,11 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from geoptim.bench.executors import ExecutorError, make_executor
+    from geoptim.bench.executors import ExecutorError
     from geoptim.bench.records import SelectionError
     from geoptim.bench.report import build_report
     from geoptim.bench.runner import DirectoryBusy, default_workers, describe, execute
+    from geoptim.cli.common import make_executor
 
     specs = plan(args)
     if args.dry_run:

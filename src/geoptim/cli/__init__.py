@@ -2,7 +2,7 @@
 
 Each sub-command module exposes ``HELP`` (one line), ``add_arguments(parser)`` and
 ``run(args) -> int``; ``run`` checks every argument before any work and raises
-:class:`~geoptim.bench.cli_common.ConfigError` for a bad one. User errors (bad arguments, a full
+:class:`~geoptim.cli.common.ConfigError` for a bad one. User errors (bad arguments, a full
 disk) are printed as one line ``geoptim: error: ...``; any other exception keeps its traceback.
 A sub-command whose extra is not installed stays listed and, when run, says which extra to
 install.
@@ -17,15 +17,15 @@ import sys
 from typing import NoReturn
 
 import geoptim
-from geoptim.bench.cli_common import ConfigError
+from geoptim.cli.common import ConfigError
 
 COMMANDS: dict[str, str] = {
-    "bench": "geoptim.bench.cli_bench",
-    "report": "geoptim.bench.cli_report",
-    "tune": "geoptim.bench.cli_tune",
-    "curvature": "geoptim.analysis.cli",
-    "speed": "geoptim.speed",
-    "train": "geoptim.distributed.train",
+    "bench": "geoptim.cli.bench",
+    "report": "geoptim.cli.report",
+    "tune": "geoptim.cli.tune",
+    "curvature": "geoptim.cli.curvature",
+    "speed": "geoptim.cli.speed",
+    "train": "geoptim.cli.train",
 }
 # The extra that provides each command's libraries (``pip install "geoptim[EXTRA]"``). The
 # curvature, speed and train commands run benchmark tasks or time the benchmark's peers.

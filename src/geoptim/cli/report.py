@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from geoptim.bench.cli_common import ConfigError, writable_dir
+from geoptim.cli.common import ConfigError, writable_dir
 
 HELP = "rebuild DIR/report.md (tables, plots, claims) from the records in DIR"
 

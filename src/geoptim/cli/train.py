@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from geoptim.bench.cli_common import (
+from geoptim.cli.common import (
     ConfigError,
     check_hparams,
     check_task,

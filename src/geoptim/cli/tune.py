@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from geoptim.bench.cli_bench import DEFAULT_OUT
-from geoptim.bench.cli_common import (
+from geoptim.cli.bench import DEFAULT_OUT
+from geoptim.cli.common import (
     ConfigError,
+    add_executor_arguments,
     check_optimizers,
     make_task,
     positive_int,
@@ -14,7 +15,6 @@ from geoptim.bench.cli_common import (
     task_variant,
     writable_dir,
 )
-from geoptim.bench.executors import add_executor_arguments
 
 HELP = "grid/random search over lr and weight decay (and p_max), best setting saved as a preset"
 
@@ -63,11 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from geoptim.bench.executors import ExecutorError, make_executor
+    from geoptim.bench.executors import ExecutorError
     from geoptim.bench.presets import PRESETS_SUBDIR
     from geoptim.bench.records import records_dir
     from geoptim.bench.runner import DirectoryBusy, default_workers
     from geoptim.bench.tune import TUNE_SUBDIR, tune
+    from geoptim.cli.common import make_executor
 
     name, overrides = task_variant(args.task)
     check_optimizers([args.optimizer])

@@ -16,6 +16,14 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from geoptim.bench.executors import (
+    EXECUTOR_NAMES,
+    Executor,
+    ExecutorError,
+    LocalExecutor,
+    RayExecutor,
+)
+
 TaskVariant = tuple[str, dict[str, Any]]
 
 
@@ -245,3 +253,48 @@ def _check_dir(path: Path, create: bool, label: str) -> None:
             os.fsync(probe.fileno())
     except OSError as err:
         raise ConfigError(f"cannot write to {label}: {err.strerror or err}") from None
+
+
+# ---------------------------------------------------------------- executors (bench, tune)
+
+
+def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--executor``, ``--address``, ``--cpus-per-run``, ``--gpus-per-run`` (bench, tune)."""
+    parser.add_argument(
+        "--executor",
+        choices=EXECUTOR_NAMES,
+        default="local",
+        help="local: a process pool on this machine (default); ray: one Ray "
+        "task per run on a Ray cluster (needs geoptim[cluster])",
+    )
+    parser.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="the Ray cluster to join (default: RAY_ADDRESS, else a local Ray)",
+    )
+    parser.add_argument(
+        "--cpus-per-run",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="CPUs (and torch threads) per run (default 1)",
+    )
+    parser.add_argument(
+        "--gpus-per-run",
+        type=int,
+        metavar="N",
+        help="Ray only: GPUs per run (default: 1 for a task on a GPU device "
+        "when the cluster has GPUs, else 0)",
+    )
+
+
+def make_executor(args: argparse.Namespace, workers: int) -> Executor:
+    """The executor the arguments of :func:`add_executor_arguments` ask for; ``workers``: the
+    local pool's size. Raises :class:`ExecutorError`."""
+    if args.executor == "ray":
+        if args.gpus_per_run is not None and args.gpus_per_run < 0:
+            raise ExecutorError(f"--gpus-per-run must be >= 0, got {args.gpus_per_run}")
+        return RayExecutor(args.address, args.cpus_per_run, args.gpus_per_run)
+    if args.address is not None:
+        raise ExecutorError("--address needs --executor ray")
+    return LocalExecutor(workers, args.cpus_per_run)
