@@ -22,6 +22,10 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 import geoptim
 
 common = pytest.importorskip("torch.testing._internal.common_optimizers")  # needs expecttest
+# Importing torch's test utilities freezes the torch.backends flags (torch.backends.
+# disable_global_flags, for torch's own suite); unfreeze them for the tests collected with this
+# module (Lightning's Trainer sets cudnn flags).
+torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
 OptimizerInfo, OptimizerInput = common.OptimizerInfo, common.OptimizerInput
 ErrorOptimizerInput, OptimizerErrorEnum = common.ErrorOptimizerInput, common.OptimizerErrorEnum
 
