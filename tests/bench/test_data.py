@@ -13,6 +13,11 @@ from torch import nn
 
 from geoptim.bench import data
 
+SPLIT_METRICS = {f"{split}_{m}" for split in ("train", "val", "test") for m in ("loss", "acc")}
+"""What :meth:`TensorData.evaluate` returns: loss and accuracy on every split."""
+CURVE_KEYS = {"step", "epoch", "lr", "time_s", *SPLIT_METRICS}
+"""The curves of a classification run of the shared training loop."""
+
 
 def write_fake_cifar(root: Path, name: str = "cifar10", per_file: int = 4, n_test: int = 3) -> Path:
     """A tiny CIFAR folder in the standard pickle layout under ``root``; returns ``root``."""
@@ -298,14 +303,7 @@ def test_tensor_data_evaluate() -> None:
     model.train()
     metrics = td.evaluate(model)
     assert model.training
-    assert set(metrics) == {
-        "train_loss",
-        "train_acc",
-        "val_loss",
-        "val_acc",
-        "test_loss",
-        "test_acc",
-    }
+    assert set(metrics) == SPLIT_METRICS
     assert metrics["train_acc"] == 0.5 and metrics["test_acc"] == 0.5
     assert metrics["val_acc"] == pytest.approx(2 / 3)  # labels 0, 1, 0
     with torch.no_grad():

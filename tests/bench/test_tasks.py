@@ -14,21 +14,9 @@ import torch
 from geoptim.bench import tasks
 from geoptim.bench.tasks.grokking import grokking_gap, reach_step
 from geoptim.bench.tasks.quadratic import PROBLEMS
-from tests.bench.test_data import write_fake_cifar
+from tests.bench.test_data import CURVE_KEYS, write_fake_cifar
 
 ALL = ["quadratic", "grokking", "digits", "mnist1d", "vit", "ddpm", "charlm", "cifar10", "cifar100"]
-CLASSIFICATION_KEYS = {
-    "step",
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "test_loss",
-    "test_acc",
-    "time_s",
-}
 
 
 # ---------------------------------------------------------------- registry
@@ -219,7 +207,7 @@ def test_quadratic_callbacks() -> None:
 def _check_classification_result(result: dict[str, Any], steps: int) -> None:
     assert set(result) == {"curves", "final", "steps", "extra"}
     curves = result["curves"]
-    assert set(curves) >= CLASSIFICATION_KEYS
+    assert set(curves) >= CURVE_KEYS
     assert len({len(v) for v in curves.values()}) == 1
     assert result["steps"] == steps == curves["step"][-1]
     assert {"train_loss", "train_acc", "test_loss", "test_acc", "time_s"} <= set(result["final"])

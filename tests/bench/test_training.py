@@ -21,6 +21,7 @@ from geoptim.bench.training import (
     step_measuring_agr,
     train,
 )
+from tests.bench.test_data import CURVE_KEYS
 
 
 @dataclasses.dataclass
@@ -112,23 +113,11 @@ def test_epoch_budget_curves_and_callbacks() -> None:
     assert set(recorder.momenta) == {0.5}  # optimizer keywords reach the optimizer
     curves = result["curves"]
     assert curves["step"] == [0, 3, 6, 9, 12] and curves["epoch"] == [0, 1, 2, 3, 4]
-    keys = {
-        "step",
-        "epoch",
-        "lr",
-        "train_loss",
-        "train_acc",
-        "val_loss",
-        "val_acc",
-        "test_loss",
-        "test_acc",
-        "time_s",
-    }
-    assert set(curves) == keys
+    assert set(curves) == CURVE_KEYS
     assert all(len(v) == 5 for v in curves.values())
     assert curves["time_s"] == sorted(curves["time_s"])
     assert fractions == pytest.approx([0.25, 0.5, 0.75, 1.0])
-    assert result["final"] == {k: curves[k][-1] for k in keys - {"step", "epoch", "lr"}}
+    assert result["final"] == {k: curves[k][-1] for k in CURVE_KEYS - {"step", "epoch", "lr"}}
     data_hash = ToyTask().make_data(0).data_hash()
     assert result["extra"] == {
         "diverged": False,
