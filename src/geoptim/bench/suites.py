@@ -61,7 +61,8 @@ class Experiment:
     budget for the suite. ``kind`` is the run kind (:data:`geoptim.bench.runner.EXECUTORS`):
     ``"train"``, or an analysis experiment. ``lr_wd``: a weight-decay sweep, one variant per
     value with ``weight_decay = value / lr`` of each optimizer's preset, so every optimizer runs
-    at the same decoupled shrink per step.
+    at the same decoupled shrink per step. ``table``: the paper table (or figure) the experiment
+    reproduces, for grouping; ``""`` means the experiment name.
     """
 
     name: str
@@ -73,6 +74,7 @@ class Experiment:
     budget: dict[str, Any] = field(default_factory=dict)
     kind: str = "train"
     lr_wd: tuple[float, ...] = ()
+    table: str = ""
 
     @property
     def is_sweep(self) -> bool:
@@ -144,6 +146,81 @@ def _agr(seeds: int) -> tuple[Experiment, ...]:
 QUICK_SEEDS = 10
 STANDARD_SEEDS = 20
 
+LPSGD_TABLE = ("sgdm", "adamw", "lion", "lpsgdm")
+"""The optimizers of the LPSGD paper's tables 1-3."""
+CIFAR_SEEDS = 5
+"""The LPSGD paper reports mean +- sd without saying over how many runs: 5 paired seeds."""
+IMAGENET_SEEDS = 3
+AGR_SEEDS = 4
+"""The AGR paper runs every experiment four times (section 5.1)."""
+SEPNORM_SEEDS = 5
+"""The SepNorm paper's ImageNet runs are averaged over five (its sd is given at batch 256 only)."""
+RESNET18 = {"model": "resnet18"}
+SEPNORM_BATCHES = (64, 256, 512)
+
+
+def _paper_tables() -> tuple[Experiment, ...]:
+    """The GPU experiments of the full suite, one block per paper table, at the papers' epochs
+    (the tasks' ``full`` budgets: CIFAR 200, ImageNet 60, Tiny-ImageNet 200; SepNorm's
+    ImageNet 100) and presets (:data:`geoptim.bench.presets.PAPER_TABLES`)."""
+    lpsgd = [
+        Experiment(
+            "lpsgd-table",
+            task,
+            LPSGD_TABLE,
+            seeds=CIFAR_SEEDS,
+            task_overrides={"model": model},
+            table=table,
+        )
+        for task, table in (("cifar10", "LPSGD table 1"), ("cifar100", "LPSGD table 2"))
+        for model in ("vgg11", "resnet18", "resnet50")
+    ]
+    step_size = [
+        replace(exp, seeds=CIFAR_SEEDS, task_overrides=RESNET18, table="LPSGD table 1 controls")
+        for exp in _step_size("cifar10", CIFAR_SEEDS)
+    ]
+    imagenet = Experiment(
+        "lpsgd-table",
+        "imagenet",
+        LPSGD_TABLE,
+        seeds=IMAGENET_SEEDS,
+        task_overrides={"model": "resnet50"},
+        table="LPSGD table 3",
+    )
+    plain_sgd = [
+        Experiment(
+            "lpsgd-vs-sgd",
+            task,
+            ("sgd", "lpsgd"),
+            seeds=CIFAR_SEEDS,
+            task_overrides={"model": model},
+            table="LPSGD fig. 2",
+        )
+        for task, model in (("cifar10", "resnet18"), ("cifar100", "resnet50"))
+    ]
+    agr = [
+        Experiment("agr", task, AGR, seeds=AGR_SEEDS, task_overrides={"model": model}, table=table)
+        for task, table in (
+            ("cifar100", "AGR CIFAR-100 (sec. 5.3.1)"),
+            ("tinyimagenet", "AGR table 5"),
+        )
+        for model in ("resnet18", "resnet50", "resnet101", "vgg11")
+    ]
+    sepnorm = [
+        Experiment(
+            "sepnorm-batch",
+            "imagenet",
+            ("adamw", "sepnorm"),
+            seeds=SEPNORM_SEEDS if batch == 256 else 1,
+            task_overrides={"model": "resnet50", "batch_size": batch, "amp": "bf16"},
+            budget={"epochs": 100},
+            table="SepNorm table 2",
+        )
+        for batch in SEPNORM_BATCHES
+    ]
+    return (*lpsgd, *step_size, imagenet, *plain_sgd, *agr, *sepnorm)
+
+
 SUITES: dict[str, tuple[Experiment, ...]] = {
     "quick": (
         *_step_size("digits", QUICK_SEEDS),
@@ -190,11 +267,8 @@ SUITES: dict[str, tuple[Experiment, ...]] = {
         *_step_size("mnist1d", STANDARD_SEEDS),
         Experiment("others", "digits", OTHERS, seeds=STANDARD_SEEDS),
         Experiment("others", "mnist1d", OTHERS, seeds=STANDARD_SEEDS),
-        *_step_size("cifar10", 5),
-        Experiment("others", "cifar10", ("adamw", "lion"), seeds=5),
-        Experiment("lpsgdm-vs-sgdm", "cifar100", ("sgdm", "lpsgdm", "adamw", "lion"), seeds=5),
+        *_paper_tables(),
         *_agr(STANDARD_SEEDS),
-        Experiment("agr", "cifar100", AGR + ADAN, seeds=5),
         Experiment(
             "agr-late",
             "digits",
@@ -213,8 +287,10 @@ SUITES: dict[str, tuple[Experiment, ...]] = {
             "p-max",
             "cifar10",
             ("lpsgdm",),
-            seeds=5,
+            seeds=CIFAR_SEEDS,
+            task_overrides=RESNET18,
             variants=tuple({"p_max": p} for p in (2.0, 4.0, 8.0, 12.0, 14.0)),
+            table="LPSGD fig. 4",
         ),
         Experiment("quadratic", "quadratic", QUADRATIC, seeds=3),
         Experiment(

@@ -48,6 +48,11 @@ class GPUOptions(TrainableTask):
     def _network(self) -> nn.Module:
         raise NotImplementedError
 
+    def estimated_seconds(self, budget: dict[str, Any], optimizer: str | None = None) -> float:
+        """0: a GPU task has no measured CPU cost (so a plan needs no data folder to read the
+        steps per epoch from, and falls back to its rough per-run figure)."""
+        return 0.0
+
     def _build_model(self) -> nn.Module:
         return accelerate(self._network(), self.amp, self.channels_last, self.compile)
 
