@@ -613,6 +613,8 @@ class FolderData:
         eval_train_size: int | None = None,
         eval_batch_size: int = 256,
     ) -> None:
+        import PIL.Image  # noqa: F401  (a missing Pillow fails here, not in a loader worker)
+
         self.root = Path(root).expanduser()
         self.classes, train, self.test = scan_image_folder(str(self.root))
         if not 0 <= n_val < len(train):
