@@ -197,6 +197,12 @@ def test_geoptim_train_on_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "test_acc=" in capsys.readouterr().out
 
 
+def test_fsdp2_refuses_channels_last(capsys: pytest.CaptureFixture) -> None:
+    argv = ["train", "--task", "cifar10", "--task-option", "channels_last=true"]
+    assert main([*argv, "--distributed", "fsdp2"]) == 2
+    assert "channels_last=true does not work with --distributed fsdp2" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- GPU options
 
 

@@ -135,6 +135,11 @@ def run(args: argparse.Namespace) -> int:
     task = make_task(name, options)
     if not isinstance(task, TrainableTask):
         raise ConfigError(f"task {name!r} has no model and data for `geoptim train`")
+    if args.distributed == "fsdp2" and getattr(task, "channels_last", False):
+        raise ConfigError(
+            "channels_last=true does not work with --distributed fsdp2 (FSDP2 "
+            "shards contiguous parameters only); use ddp or leave it off"
+        )
     hparams = {"lr": args.lr, "weight_decay": args.weight_decay, **dict(args.hparam)}
     check_hparams(args.optimizer, hparams)
     check_launch(args.distributed, args.backend)
