@@ -15,8 +15,12 @@ so every comparison is a paired test over the seeds both arms ran.
   SepNorm beside them, the p_max sweep, the grokking MLP's weight-decay sweep (the
   same ``lr * wd`` values for every optimizer) and the canonical one-layer transformer (one seed
   per optimizer: a 3000-step run costs ~14 CPU-min, so its rows are descriptive).
-* ``full``: GPU scale (CIFAR-10/100, the transformer with 10 seeds, curvature and momentum
-  tracing), the same protocol.
+* ``full``: the CPU experiments at larger scale (the transformer with 10 seeds, curvature and
+  momentum tracing) and, on a GPU, one block per paper table (``Experiment.table``): the LPSGD
+  paper's tables 1-3 (CIFAR-10/100 x VGG-11 / ResNet-18 / ResNet-50, ImageNet ResNet-50), its
+  fig. 2 (LPSGD vs SGD) and fig. 4 (p_max), the AGR paper's CIFAR-100 and Tiny-ImageNet runs
+  (ResNet-18/50/101, VGG-11) and the SepNorm paper's table 2 (ResNet-50 at batch 64/256/512),
+  at the papers' epochs, seeds and presets (:data:`geoptim.bench.presets.PAPER_TABLES`).
 
 Seeds per comparison come from a power analysis: ``n for paper`` in the report's claims table is
 the number of paired seeds that gives 80% power for the paper's effect at the spread a run
