@@ -275,7 +275,8 @@ def _table_entry(key: str, optimizer: str) -> tuple[str, dict[str, Any]]:
         given = ", ".join(name for name in table if name != "citation") or "none"
         raise MissingPreset(
             f"no preset for {key} x {optimizer}: the papers' tables give {given} there "
-            f"(add it to PAPER_TABLES in geoptim/bench/presets.py; geoptim bench also takes --preset-file)"
+            "(add it to PAPER_TABLES in geoptim/bench/presets.py; geoptim bench also takes "
+            "--preset-file)"
         )
     citation = table["citation"]
     if base in ("sgd", "lpsgd"):
