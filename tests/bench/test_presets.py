@@ -119,3 +119,10 @@ def test_full_suite_per_table() -> None:
         "vgg11",
     }
     assert {s.seed for s in tiny} == set(range(4))  # the AGR paper's four runs
+
+
+def test_tune_refuses_a_missing_preset_before_any_work(tmp_path, capsys) -> None:
+    argv = ["tune", "--task", "tinyimagenet:data_dir=/nowhere", "--optimizer", "lion"]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    assert "no preset for tinyimagenet[model=resnet18] x lion" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
