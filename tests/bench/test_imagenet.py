@@ -109,6 +109,7 @@ def test_batches_shapes_and_labels(tmp_path: Path) -> None:
     assert sorted(torch.cat([y for _, y in batches]).tolist()) == sorted(l for _, l in folder.train)
     assert not set(folder.val) & set(folder.train) and len(folder.val) == 2
     assert folder.val == _data(tmp_path, seed=5).val  # the held-out split ignores the run seed
+    assert len({label for _, label in folder.train[:4]}) > 1  # train_* is not one class's images
 
 
 def test_batches_are_a_function_of_seed_and_epoch(tmp_path: Path) -> None:

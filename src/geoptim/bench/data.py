@@ -593,7 +593,8 @@ class FolderData:
     """An image folder (:func:`scan_image_folder`) with the ``TaskData`` interface.
 
     ``n_val`` training images (chosen with seed 0, the same for every run) are held out for
-    validation; the folder's ``val`` images are the test set. ``train_batches(epoch)`` visits the
+    validation; the folder's ``val`` images are the test set. The training list is kept in that
+    seed-0 shuffled order, so its first ``eval_train_size`` images are a random subset. ``train_batches(epoch)`` visits the
     training images in the order ``torch.randperm`` gives for the generator seeded with ``seed *
     1_000_003 + epoch`` (as :class:`TensorData`), loading them with a torch ``DataLoader`` of
     ``workers`` processes; the batches are a function of ``(seed, epoch)`` whatever ``workers``
@@ -621,8 +622,8 @@ class FolderData:
             raise ValueError(f"cannot hold out {n_val} of {len(train)} training images")
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
         cut = len(train) - n_val
-        self.train = tuple(train[i] for i in sorted(order[:cut]))
-        self.val = tuple(train[i] for i in sorted(order[cut:]))
+        self.train = tuple(train[i] for i in order[:cut])  # shuffled: any prefix spans classes
+        self.val = tuple(train[i] for i in order[cut:])
         self.transform, self.batch_size, self.seed = transform, batch_size, seed
         self.workers, self.eval_batch_size = workers, eval_batch_size
         self.eval_train_size = eval_train_size
