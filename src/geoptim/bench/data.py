@@ -594,13 +594,14 @@ class FolderData:
 
     ``n_val`` training images (chosen with seed 0, the same for every run) are held out for
     validation; the folder's ``val`` images are the test set. The training list is kept in that
-    seed-0 shuffled order, so its first ``eval_train_size`` images are a random subset. ``train_batches(epoch)`` visits the
-    training images in the order ``torch.randperm`` gives for the generator seeded with ``seed *
-    1_000_003 + epoch`` (as :class:`TensorData`), loading them with a torch ``DataLoader`` of
-    ``workers`` processes; the batches are a function of ``(seed, epoch)`` whatever ``workers``
-    is. ``evaluate`` reports ``train_*`` on the first ``eval_train_size`` training images (no
-    augmentation), ``val_*`` and ``test_*``. ``data_hash`` hashes the split file lists and labels
-    (not the image bytes: reading all of ImageNet per run would cost minutes)."""
+    seed-0 shuffled order, so its first ``eval_train_size`` images are a random subset.
+    ``train_batches(epoch)`` visits the training images in the order ``torch.randperm`` gives for
+    the generator seeded with ``seed * 1_000_003 + epoch`` (as :class:`TensorData`), loading them
+    with a torch ``DataLoader`` of ``workers`` processes; the batches are a function of ``(seed,
+    epoch)`` whatever ``workers`` is. ``evaluate`` reports ``train_*`` on the first
+    ``eval_train_size`` training images (no augmentation), ``val_*`` and ``test_*``.
+    ``data_hash`` hashes the split file lists and labels (not the image bytes: reading all of
+    ImageNet per run would cost minutes)."""
 
     def __init__(
         self,

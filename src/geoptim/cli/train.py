@@ -127,7 +127,7 @@ def check_launch(distributed: str, backend: str | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from geoptim.bench.tasks import TrainableTask
-    from geoptim.bench.tasks.cifar import GPUOptions
+    from geoptim.bench.tasks.cifar import GPUTask
     from geoptim.bench.training import setup_optimizer
 
     name, inline = parse_task(args.task)  # digits:model=vgg, as in bench and tune
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     joined_here = distributed and not dist.is_initialized()
     if distributed:
         device = init_from_env(args.backend)
-    elif isinstance(task, GPUOptions):
+    elif isinstance(task, GPUTask):
         device = task.torch_device()  # its device option (auto, cuda or cpu)
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

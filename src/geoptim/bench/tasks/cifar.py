@@ -10,7 +10,7 @@ GPU only: ``device`` ``"auto"`` picks CUDA when present). Train metrics are meas
 set; ``n_val`` (5000) training images, fixed (seed 0), are held out for validation. The
 ``quick`` budget is a smoke run (two epochs of 20 mini-batches).
 
-GPU training options (:class:`GPUOptions`, shared with the image-folder tasks): ``device``,
+GPU training options (:class:`GPUTask`, shared with the image-folder tasks): ``device``,
 ``amp="bf16"`` (autocast), ``channels_last`` and ``compile`` (``torch.compile`` of the model), all
 off by default. The paper presets are looked up per architecture (``PRESET_OPTIONS``).
 """
@@ -32,10 +32,11 @@ DEVICES = ("auto", "cuda", "cpu")
 
 
 @dataclasses.dataclass
-class GPUOptions(TrainableTask):
-    """The options of GPU training: ``device`` (``"auto"``: CUDA when present), ``amp``
-    (``"none"`` or ``"bf16"`` autocast), ``channels_last`` and ``compile``; a subclass builds its
-    network in ``_network`` and gets it wrapped (:func:`geoptim.bench.models.accelerate`)."""
+class GPUTask(TrainableTask):
+    """A trainable task with the options of GPU training: ``device`` (``"auto"``: CUDA when
+    present), ``amp`` (``"none"`` or ``"bf16"`` autocast), ``channels_last`` and ``compile``; a
+    subclass builds its network in ``_network`` and gets it wrapped
+    (:func:`geoptim.bench.models.accelerate`)."""
 
     PRESET_OPTIONS: ClassVar[tuple[str, ...]] = ("model",)
     """The options that select the papers' preset (:mod:`geoptim.bench.presets`)."""
@@ -58,7 +59,7 @@ class GPUOptions(TrainableTask):
 
 
 @dataclasses.dataclass
-class CifarTask(GPUOptions):
+class CifarTask(GPUTask):
     name: ClassVar[str] = "cifar10"
     description: ClassVar[str] = (
         "CIFAR-10 from a local pickle folder, ResNet-18/50/101 or VGG-11, crop+flip augmentation"

@@ -14,7 +14,7 @@ resize + centre crop (``crop_ratio``); ``n_val`` training images (fixed, seed 0)
 validation and the folder's ``val`` images are the test set. ``workers`` ``DataLoader``
 processes decode the JPEGs; the batches depend on ``(seed, epoch)`` only. The GPU options
 (``device``, ``amp``, ``channels_last``, ``compile``) are those of
-:class:`geoptim.bench.tasks.cifar.GPUOptions`.
+:class:`geoptim.bench.tasks.cifar.GPUTask`.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from torch import nn
 from geoptim.bench.data import FolderData, ImageTransform, cifar_root, write_image_folder
 from geoptim.bench.models import ACTIVATIONS, CIFAR_MODELS, IMAGENET_MODELS, imagenet_model, vgg11
 from geoptim.bench.tasks.base import option
-from geoptim.bench.tasks.cifar import GPUOptions
+from geoptim.bench.tasks.cifar import GPUTask
 
 
 @dataclasses.dataclass
-class ImageNetTask(GPUOptions):
+class ImageNetTask(GPUTask):
     name: ClassVar[str] = "imagenet"
     description: ClassVar[str] = (
         "ImageNet-1K from a local class-per-folder JPEG tree, ResNet-50/101 or VGG-11-BN"
