@@ -7,8 +7,9 @@ Every optimizer runs at its preset (the LPSGD paper's table-4 CIFAR-10 ResNet-18
 the table gives one, else the benchmark's default preset), with the warmup + cosine lr schedule
 and, for LPSGD/LPSGDM, the cosine p schedule, through :func:`geoptim.bench.training.
 setup_optimizer`. The first ``--warmup`` steps (cuDNN autotuning, compilation) are not timed;
-images/s counts forward, backward and optimizer step. On an H200 the default settings take
-about two minutes (one call; ``--compile`` adds a compilation per optimizer)::
+images/s counts forward, backward and optimizer step. On an H200 the default settings should take
+about two minutes (an estimate, not yet measured; ``--compile`` adds a compilation per
+optimizer)::
 
     python benchmarks/gpu_check.py [--steps 300] [--batch 256] [--compile] [--out table.md]
 
