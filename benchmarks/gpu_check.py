@@ -4,10 +4,11 @@ benchmark's CIFAR / ImageNet tasks), printing the training throughput per optimi
 markdown table. Nothing is downloaded; the data are random tensors made on the device.
 
 Every optimizer runs at its preset (the LPSGD paper's table-4 CIFAR-10 ResNet-18 values where
-the table gives one, else the benchmark's default preset), with the warmup + cosine lr schedule
-and, for LPSGD/LPSGDM, the cosine p schedule, through :func:`geoptim.bench.training.
-setup_optimizer`. The first ``--warmup`` steps (cuDNN autotuning, compilation) are not timed;
-images/s counts forward, backward and optimizer step. On an H200 the default settings should take
+the table gives one, else the benchmark's default preset), with the warmup + cosine lr schedule,
+built by :func:`geoptim.bench.training.setup_optimizer`; LPSGDM stays at ``p = p_max`` (the p
+schedule moves once per epoch, and the cost of a step does not depend on ``p``). The first
+``--warmup`` steps (cuDNN autotuning, compilation) are not timed; images/s counts forward,
+backward and optimizer step. On an H200 the default settings should take
 about two minutes (an estimate, not yet measured; ``--compile`` adds a compilation per
 optimizer)::
 
