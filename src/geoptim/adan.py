@@ -210,7 +210,7 @@ class Adan(GeoOptimizer):
         max_grad_norm: if > 0, every gradient is scaled by
             ``min(1, max_grad_norm / (global_norm + eps))``, the global norm over all groups.
         foreach, fused: as in :class:`geoptim.LPSGDM` (default: the one-pass fused kernel of
-            :mod:`geoptim._compiled` for float32/float64 CPU tensors).
+            :mod:`geoptim._compiled` for dense CPU tensors of any float dtype).
 
     State per parameter: ``step``, ``exp_avg``, ``exp_avg_diff``, ``exp_avg_sq``,
     ``prev_grad`` (the previous clipped gradient; set to the first gradient at the first step).
