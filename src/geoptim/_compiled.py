@@ -321,19 +321,17 @@ def fusable(tensors: Sequence[Tensor | None]) -> bool:
     permuted ones included) with equal strides, so that element ``i`` of the memory of each is
     the same element of the tensor."""
     first = tensors[0]
-    if first is None or first.numel() < MIN_NUMEL or first.dtype not in FUSED_DTYPES:
+    if first is None or type(first) not in _PLAIN or first.dtype not in FUSED_DTYPES:
+        return False
+    if not first.is_cpu or first.numel() < MIN_NUMEL:
         return False
     dtype, strides = first.dtype, first.stride()
-    return all(
-        t is None
-        or (
-            type(t) in _PLAIN
-            and t.is_cpu
-            and t.dtype == dtype
-            and t.stride() == strides
-        )
-        for t in tensors
-    ) and dense(first)
+    for t in tensors:
+        if t is not None and (
+            type(t) not in _PLAIN or t.dtype != dtype or t.stride() != strides or not t.is_cpu
+        ):
+            return False
+    return dense(first)
 
 
 def dense(t: Tensor) -> bool:

@@ -124,6 +124,14 @@ def layout_of(tensor: Tensor) -> Layout:
     return Sharding(mesh, dims, tensor.numel(), local(tensor).shape)
 
 
+def layouts_of(tensors: Sequence[Tensor]) -> list[Layout]:
+    """:func:`layout_of` of each tensor; all ``None`` without asking each one when neither
+    DTensor nor FSDP is loaded (a plain model's step pays nothing for sharding support)."""
+    if dtensor_type() is None and "torch.distributed.fsdp" not in sys.modules:
+        return [None] * len(tensors)
+    return [layout_of(t) for t in tensors]
+
+
 def parameter_labels(group: dict[str, Any], prefix: str = "") -> list[str]:
     """``"<prefix>parameter <i>"`` for each parameter of a param group, with its name where the
     group has ``param_names`` (an optimizer built from ``named_parameters()``)."""

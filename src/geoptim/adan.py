@@ -290,8 +290,9 @@ class Adan(GeoOptimizer):
         clip: Tensor | float = 1.0,
         first_moment_grads: list[Tensor] | None = None,
     ) -> None:
-        for grad, state in zip(grads, states):
-            if state["step"] == 1:  # g_prev starts as g, so the first difference is 0
+        steps = [float(s["step"]) for s in states]
+        for grad, state, step in zip(grads, states, steps):
+            if step == 1:  # g_prev starts as g, so the first difference is 0
                 state["prev_grad"].copy_(grad * clip)
         beta1, beta2, beta3 = group["betas"]
         mode = _compiled.kernel_mode(group)
@@ -307,7 +308,7 @@ class Adan(GeoOptimizer):
             [s["exp_avg_diff"] for s in states],
             [s["exp_avg_sq"] for s in states],
             [s["prev_grad"] for s in states],
-            [float(s["step"]) for s in states],
+            steps,
             lr=group["lr"],
             beta1=beta1,
             beta2=beta2,
