@@ -197,179 +197,208 @@ static void parallel(const args_t *a, body_t body, int nthreads) {
 /* sign(u) + 0 u: 0 for 0, NaN for NaN and +-inf (torch.sign gives 0 for NaN). */
 #define SIGN(C, u) ((C)((u) > 0) - (C)((u) < 0) + (u) * 0)
 
-/* Reductions: `LANES` accumulators per block of `BLOCK` elements, block sums added in order
-   (rounding error about (BLOCK/LANES + n/BLOCK) eps instead of n eps). TERM(j, i) adds the
-   terms of element i to the lane j accumulators acc0[j], acc1[j], acc2[j]. */
+/* Reductions, block by block: a loop like the update loops (so it vectorises) writes each
+   element's terms, in double, to buffers of BLOCK elements on the stack; `sum_products` then
+   adds them up in LANES accumulators, and the block's sums are added to the totals in order
+   (rounding error about (BLOCK/LANES + n/BLOCK) eps instead of n eps). A float32 product is
+   exact in double. */
 #define LANES 8
-#define BLOCK 4096
-#define REDUCE(SUF, lo, hi, acc, TERM)                                                            \
-    for (int64_t start = (lo); start < (hi); start += BLOCK) {                               \
-        int64_t stop = start + BLOCK < (hi) ? start + BLOCK : (hi), i = start;               \
-        double acc0[LANES] = {0}, acc1[LANES] = {0}, acc2[LANES] = {0};                      \
-        for (; i + LANES <= stop; i += LANES)                                                \
-            for (int j = 0; j < LANES; j++) TERM(SUF, j, i + j);                                  \
-        for (; i < stop; i++) TERM(SUF, 0, i);                                                    \
-        for (int j = 0; j < LANES; j++) {                                                    \
-            (acc)[0] += acc0[j];                                                             \
-            (acc)[1] += acc1[j];                                                             \
-            (acc)[2] += acc2[j];                                                             \
-        }                                                                                    \
+#define BLOCK 1024
+/* sum x_i y_i (sum x_i when y is null) over n <= BLOCK elements, added to *total. */
+static inline void sum_products(const double *x, const double *y, int64_t n, double *total) {
+    double lanes[LANES] = {0};
+    int64_t i = 0;
+    if (y) {
+        for (; i + LANES <= n; i += LANES)
+            for (int j = 0; j < LANES; j++) lanes[j] += x[i + j] * y[i + j];
+        for (; i < n; i++) lanes[0] += x[i] * y[i];
+    } else {
+        for (; i + LANES <= n; i += LANES)
+            for (int j = 0; j < LANES; j++) lanes[j] += x[i + j];
+        for (; i < n; i++) lanes[0] += x[i];
+    }
+    for (int j = 0; j < LANES; j++) *total += lanes[j];
+}
+/* sum x_i^2, sum y_i x_i, sum y_i^2 over n <= BLOCK elements, added to total[0..2]. */
+static inline void sum_gram(const double *x, const double *y, int64_t n, double *total) {
+    double xx[LANES] = {0}, yx[LANES] = {0}, yy[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) {
+            xx[j] += x[i + j] * x[i + j];
+            yx[j] += y[i + j] * x[i + j];
+            yy[j] += y[i + j] * y[i + j];
+        }
+    for (; i < n; i++) {
+        xx[0] += x[i] * x[i];
+        yx[0] += y[i] * x[i];
+        yy[0] += y[i] * y[i];
+    }
+    for (int j = 0; j < LANES; j++) {
+        total[0] += xx[j];
+        total[1] += yx[j];
+        total[2] += yy[j];
+    }
+}
+/* For each block of [lo, hi): FILL(SUF, k, i) sets buffer entries x[k], y[k] from element i, then
+   SUM(n) adds the block's n entries to acc. */
+#define REDUCE(SUF, lo, hi, FILL, SUM)                                                             \
+    for (int64_t start = (lo); start < (hi); start += BLOCK) {                                     \
+        const int64_t n = (hi) - start < BLOCK ? (hi) - start : BLOCK;                             \
+        double x[BLOCK], y[BLOCK];                                                                 \
+        (void)y;                                                                                   \
+        for (int64_t k = 0; k < n; k++) FILL(SUF, k, start + k);                                   \
+        SUM(n);                                                                                    \
     }
 
 /* ---------------------------------------------------------------- the update rules */
 
 /* The Lion family's interpolation u = lerp(m, g, 1 - beta1), its step and its momentum. */
-#define LION_LOOP(C, SUF, D)                                                                 \
-    for (int64_t i = lo; i < hi; i++) {                                                      \
-        C wi = load_##SUF(w[i]), gi = load_##SUF(g[i]), mi = load_##SUF(m[i]);               \
-        C u = LERP(mi, gi, c1, s1);                                                          \
-        w[i] = store_##SUF(ADD(wi * decay, (D), -lr));                                       \
-        m[i] = store_##SUF(LERP(mi, gi, c2, s2));                                            \
+#define LION_LOOP(C, SUF, D)                                                                       \
+    for (int64_t i = lo; i < hi; i++) {                                                            \
+        C wi = load_##SUF(w[i]), gi = load_##SUF(g[i]), mi = load_##SUF(m[i]);                     \
+        C u = LERP(mi, gi, c1, s1);                                                                \
+        w[i] = store_##SUF(ADD(wi * decay, (D), -lr));                                             \
+        m[i] = store_##SUF(LERP(mi, gi, c2, s2));                                                  \
     }
-#define LION_COEFFICIENTS(C, W1, W2)                                                         \
-    const C c1 = LERP_COEF((C)(W1)), c2 = LERP_COEF((C)(W2));                                \
+#define LION_COEFFICIENTS(C, W1, W2)                                                               \
+    const C c1 = LERP_COEF((C)(W1)), c2 = LERP_COEF((C)(W2));                                      \
     const int s1 = LERP_SMALL((C)(W1)), s2 = LERP_SMALL((C)(W2))
 /* LPSGDM's step from u = g, or from the new momentum u = buf mom + g keep (stored rounded,
    used unrounded, as the reference does). */
-#define LP_LOOP(C, SUF, MOMENTUM, D)                                                         \
-    for (int64_t i = lo; i < hi; i++) {                                                      \
-        C wi = load_##SUF(w[i]), u = load_##SUF(g[i]);                                       \
-        if (MOMENTUM) {                                                                      \
-            u = ADD(load_##SUF(buf[i]) * mom, u, keep);                                      \
-            buf[i] = store_##SUF(u);                                                         \
-        }                                                                                    \
-        w[i] = store_##SUF(ADD(wi * decay, (D), -lr));                                       \
+#define LP_LOOP(C, SUF, MOMENTUM, D)                                                               \
+    for (int64_t i = lo; i < hi; i++) {                                                            \
+        C wi = load_##SUF(w[i]), u = load_##SUF(g[i]);                                             \
+        if (MOMENTUM) {                                                                            \
+            u = ADD(load_##SUF(buf[i]) * mom, u, keep);                                            \
+            buf[i] = store_##SUF(u);                                                               \
+        }                                                                                          \
+        w[i] = store_##SUF(ADD(wi * decay, (D), -lr));                                             \
     }
 
-#define KERNELS(S, C, SUF)                                                                   \
-/* Lion-family directions that need no statistics: w, g, m; gs: lr w1 w2 decay eps;         \
-   flags: 0 sign(u), 1 element u/(|u|+eps), 2 the same with u zeroed where w != 0. */        \
-static void lion_##SUF(const args_t *a, int64_t t, int64_t lo, int64_t hi, double *acc) {    \
-    S *restrict w = P(S, 0), *restrict m = P(S, 2);                                          \
-    const S *restrict g = P(S, 1);                                                           \
-    const C lr = a->gs[0], decay = a->gs[3], eps = a->gs[4];                                 \
-    LION_COEFFICIENTS(C, a->gs[1], a->gs[2]);                                                \
-    (void)acc;                                                                               \
-    if (a->flags == 0) LION_LOOP(C, SUF, SIGN(C, u))                                         \
-    else if (a->flags == 1) LION_LOOP(C, SUF, u / (ABS(u) + eps))                            \
-    else LION_LOOP(C, SUF, (wi != 0 ? (C)0 : u) / (ABS(wi != 0 ? (C)0 : u) + eps))           \
-}                                                                                            \
-/* Statistics of u = lerp(m, g, w1) per tensor, nothing written: g, m, w; gs: w1;           \
-   sums: sum u^2, sum w u, sum w^2 (flags 1; else only sum u^2, and w is not read). */       \
-static void lion_sums_##SUF(const args_t *a, int64_t t, int64_t lo, int64_t hi, double *acc) { \
-    const S *restrict g = P(S, 0), *restrict m = P(S, 1), *restrict w = P(S, 2);             \
-    LION_COEFFICIENTS(C, a->gs[0], a->gs[0]);                                                \
-    (void)c2, (void)s2;                                                                      \
-    if (a->flags) {                                                                          \
-        REDUCE(SUF, lo, hi, acc, ORTHOGONAL_TERMS)                                                \
-    } else {                                                                                 \
-        REDUCE(SUF, lo, hi, acc, NORM_TERMS)                                                      \
-    }                                                                                        \
-}                                                                                            \
-/* The normalised step: w, g, m; gs: lr w1 w2 decay; ts: s (scale), -c (projection onto w,  \
-   flags 1): u = lerp(m, g, w1) (+ w (-c)), w = w decay - lr (u s), m = lerp(m, g, w2). */   \
-static void lion_scaled_##SUF(const args_t *a, int64_t t, int64_t lo, int64_t hi, double *acc) { \
-    S *restrict w = P(S, 0), *restrict m = P(S, 2);                                          \
-    const S *restrict g = P(S, 1);                                                           \
-    const C lr = a->gs[0], decay = a->gs[3], s = TS(0), neg_c = TS(1);                       \
-    LION_COEFFICIENTS(C, a->gs[1], a->gs[2]);                                                \
-    (void)acc;                                                                               \
-    if (a->flags) LION_LOOP(C, SUF, (u + wi * neg_c) * s)                                    \
-    else LION_LOOP(C, SUF, u * s)                                                            \
-}                                                                                            \
-/* LPSGDM: w, g, buf; gs: lr momentum 1-dampening decay eps rho;                            \
-   flags: 1 momentum buffer, 2 rho != 0. */                                                  \
-static void lp_##SUF(const args_t *a, int64_t t, int64_t lo, int64_t hi, double *acc) {      \
-    S *restrict w = P(S, 0), *restrict buf = P(S, 2);                                        \
-    const S *restrict g = P(S, 1);                                                           \
-    const C lr = a->gs[0], mom = a->gs[1], keep = a->gs[2], decay = a->gs[3];                \
-    const C eps = a->gs[4], rho = a->gs[5];                                                  \
-    (void)acc;                                                                               \
-    switch (a->flags) {                                                                      \
-    case 3: LP_LOOP(C, SUF, 1, POW_NEG(ABS(u) + eps, -rho) * u) break;                       \
-    case 2: LP_LOOP(C, SUF, 0, POW_NEG(ABS(u) + eps, -rho) * u) break;                       \
-    case 1: LP_LOOP(C, SUF, 1, u) break;                                                     \
-    default: LP_LOOP(C, SUF, 0, u)                                                           \
-    }                                                                                        \
-}                                                                                            \
-/* Adan: w, g, m, d, n, g_prev; gs: w1 w2 beta2 beta3 1-beta3 eps decay prox clip;          \
-   ts: sqrt(1-beta3^t), -lr/(1-beta1^t), -lr beta2/(1-beta2^t). The loop is a function      \
-   of its own: gcc trusts `restrict` on parameters, and six arrays are too many to          \
-   version for aliasing. */                                                                  \
-static void adan_span_##SUF(S *restrict w, const S *restrict g, S *restrict m, S *restrict d, \
-                            S *restrict n, S *restrict gp, int64_t lo, int64_t hi,           \
-                            const C *k) {                                                    \
-    const C c1 = k[0], c2 = k[1], b2 = k[2], b3 = k[3], c3 = k[4], eps = k[5];               \
-    const C decay = k[6], prox = k[7], clip = k[8], bc3 = k[9], k1 = k[10], k2 = k[11];      \
-    const int s1 = k[12] != 0, s2 = k[13] != 0;                                              \
-    for (int64_t i = lo; i < hi; i++) {                                                      \
-        C gi = load_##SUF(g[i]) * clip, diff = gi - load_##SUF(gp[i]);                       \
-        C mi = LERP(load_##SUF(m[i]), gi, c1, s1), di = LERP(load_##SUF(d[i]), diff, c2, s2); \
-        C mixed = diff * b2 + gi;                                                            \
-        C ni = load_##SUF(n[i]) * b3 + c3 * mixed * mixed;                                   \
-        C denom = SQRT(ni) / bc3 + eps;                                                      \
-        C wi = load_##SUF(w[i]) * decay;                                                     \
-        wi = wi + k1 * mi / denom;                                                           \
-        wi = wi + k2 * di / denom;                                                           \
-        w[i] = store_##SUF(wi / prox);                                                       \
-        m[i] = store_##SUF(mi);                                                              \
-        d[i] = store_##SUF(di);                                                              \
-        n[i] = store_##SUF(ni);                                                              \
-        gp[i] = store_##SUF(gi);                                                             \
-    }                                                                                        \
-}                                                                                            \
-static void adan_##SUF(const args_t *a, int64_t t, int64_t lo, int64_t hi, double *acc) {    \
-    const double *gs = a->gs;                                                                \
-    const C k[14] = {LERP_COEF((C)gs[0]), LERP_COEF((C)gs[1]), gs[2], gs[3], gs[4], gs[5],   \
-                     gs[6], gs[7], gs[8], TS(0), TS(1), TS(2), LERP_SMALL((C)gs[0]),         \
-                     LERP_SMALL((C)gs[1])};                                                  \
-    (void)acc;                                                                               \
-    adan_span_##SUF(P(S, 0), P(S, 1), P(S, 2), P(S, 3), P(S, 4), P(S, 5), lo, hi, k);        \
-}                                                                                            \
-/* sum |g| per tensor (AGR's statistic): g; sums[0]. */                                      \
-static void abs_sums_##SUF(const args_t *a, int64_t t, int64_t lo, int64_t hi, double *acc) { \
-    const S *restrict g = P(S, 0);                                                           \
-    REDUCE(SUF, lo, hi, acc, ABS_TERMS)                                                           \
-}                                                                                            \
-/* AGR: out = (|g| / (-total) + 1) g: g, out; ts: -total. */                                 \
-static void agr_##SUF(const args_t *a, int64_t t, int64_t lo, int64_t hi, double *acc) {     \
-    const S *restrict g = P(S, 0);                                                           \
-    S *restrict out = P(S, 1);                                                               \
-    const C neg_total = TS(0);                                                               \
-    (void)acc;                                                                               \
-    for (int64_t i = lo; i < hi; i++) {                                                      \
-        C gi = load_##SUF(g[i]);                                                             \
-        out[i] = store_##SUF((ABS(gi) / neg_total + 1) * gi);                                \
-    }                                                                                        \
+#define KERNELS(S, C, SUF)                                                                         \
+/* Lion-family directions that need no statistics: w, g, m; gs: lr w1 w2 decay eps;                \
+   flags: 0 sign(u), 1 element u/(|u|+eps), 2 the same with u zeroed where w != 0. */              \
+static void lion_##SUF(const args_t *a, int64_t t, int64_t lo, int64_t hi, double *acc) {          \
+    S *restrict w = P(S, 0), *restrict m = P(S, 2);                                                \
+    const S *restrict g = P(S, 1);                                                                 \
+    const C lr = a->gs[0], decay = a->gs[3], eps = a->gs[4];                                       \
+    LION_COEFFICIENTS(C, a->gs[1], a->gs[2]);                                                      \
+    (void)acc;                                                                                     \
+    if (a->flags == 0) LION_LOOP(C, SUF, SIGN(C, u))                                               \
+    else if (a->flags == 1) LION_LOOP(C, SUF, u / (ABS(u) + eps))                                  \
+    else LION_LOOP(C, SUF, (wi != 0 ? (C)0 : u) / (ABS(wi != 0 ? (C)0 : u) + eps))                 \
+}                                                                                                  \
+/* Statistics of u = lerp(m, g, w1) per tensor, nothing written: g, m, w; gs: w1;                  \
+   sums: sum u^2, sum w u, sum w^2 (flags 1; else only sum u^2, and w is not read). */             \
+static void lion_sums_##SUF(const args_t *a, int64_t t, int64_t lo, int64_t hi, double *acc) {     \
+    const S *restrict g = P(S, 0), *restrict m = P(S, 1), *restrict w = P(S, 2);                   \
+    LION_COEFFICIENTS(C, a->gs[0], a->gs[0]);                                                      \
+    (void)c2, (void)s2;                                                                            \
+    if (a->flags) {                                                                                \
+        REDUCE(SUF, lo, hi, FILL_U_AND_W, SUM_ORTHOGONAL)                                          \
+    } else {                                                                                       \
+        REDUCE(SUF, lo, hi, FILL_U, SUM_SQUARES)                                                   \
+    }                                                                                              \
+}                                                                                                  \
+/* The normalised step: w, g, m; gs: lr w1 w2 decay; ts: s (scale), -c (projection onto w,         \
+   flags 1): u = lerp(m, g, w1) (+ w (-c)), w = w decay - lr (u s), m = lerp(m, g, w2). */         \
+static void lion_scaled_##SUF(const args_t *a, int64_t t, int64_t lo, int64_t hi, double *acc) {   \
+    S *restrict w = P(S, 0), *restrict m = P(S, 2);                                                \
+    const S *restrict g = P(S, 1);                                                                 \
+    const C lr = a->gs[0], decay = a->gs[3], s = TS(0), neg_c = TS(1);                             \
+    LION_COEFFICIENTS(C, a->gs[1], a->gs[2]);                                                      \
+    (void)acc;                                                                                     \
+    if (a->flags) LION_LOOP(C, SUF, (u + wi * neg_c) * s)                                          \
+    else LION_LOOP(C, SUF, u * s)                                                                  \
+}                                                                                                  \
+/* LPSGDM: w, g, buf; gs: lr momentum 1-dampening decay eps rho;                                   \
+   flags: 1 momentum buffer, 2 rho != 0. */                                                        \
+static void lp_##SUF(const args_t *a, int64_t t, int64_t lo, int64_t hi, double *acc) {            \
+    S *restrict w = P(S, 0), *restrict buf = P(S, 2);                                              \
+    const S *restrict g = P(S, 1);                                                                 \
+    const C lr = a->gs[0], mom = a->gs[1], keep = a->gs[2], decay = a->gs[3];                      \
+    const C eps = a->gs[4], rho = a->gs[5];                                                        \
+    (void)acc;                                                                                     \
+    switch (a->flags) {                                                                            \
+    case 3: LP_LOOP(C, SUF, 1, POW_NEG(ABS(u) + eps, -rho) * u) break;                             \
+    case 2: LP_LOOP(C, SUF, 0, POW_NEG(ABS(u) + eps, -rho) * u) break;                             \
+    case 1: LP_LOOP(C, SUF, 1, u) break;                                                           \
+    default: LP_LOOP(C, SUF, 0, u)                                                                 \
+    }                                                                                              \
+}                                                                                                  \
+/* Adan: w, g, m, d, n, g_prev; gs: w1 w2 beta2 beta3 1-beta3 eps decay prox clip;                 \
+   ts: sqrt(1-beta3^t), -lr/(1-beta1^t), -lr beta2/(1-beta2^t). The loop is a function             \
+   of its own: gcc trusts `restrict` on parameters, and six arrays are too many to                 \
+   version for aliasing. */                                                                        \
+static void adan_span_##SUF(S *restrict w, const S *restrict g, S *restrict m, S *restrict d,      \
+                            S *restrict n, S *restrict gp, int64_t lo, int64_t hi,                 \
+                            const C *k) {                                                          \
+    const C c1 = k[0], c2 = k[1], b2 = k[2], b3 = k[3], c3 = k[4], eps = k[5];                     \
+    const C decay = k[6], prox = k[7], clip = k[8], bc3 = k[9], k1 = k[10], k2 = k[11];            \
+    const int s1 = k[12] != 0, s2 = k[13] != 0;                                                    \
+    for (int64_t i = lo; i < hi; i++) {                                                            \
+        C gi = load_##SUF(g[i]) * clip, diff = gi - load_##SUF(gp[i]);                             \
+        C mi = LERP(load_##SUF(m[i]), gi, c1, s1), di = LERP(load_##SUF(d[i]), diff, c2, s2);      \
+        C mixed = diff * b2 + gi;                                                                  \
+        C ni = load_##SUF(n[i]) * b3 + c3 * mixed * mixed;                                         \
+        C denom = SQRT(ni) / bc3 + eps;                                                            \
+        C wi = load_##SUF(w[i]) * decay;                                                           \
+        wi = wi + k1 * mi / denom;                                                                 \
+        wi = wi + k2 * di / denom;                                                                 \
+        w[i] = store_##SUF(wi / prox);                                                             \
+        m[i] = store_##SUF(mi);                                                                    \
+        d[i] = store_##SUF(di);                                                                    \
+        n[i] = store_##SUF(ni);                                                                    \
+        gp[i] = store_##SUF(gi);                                                                   \
+    }                                                                                              \
+}                                                                                                  \
+static void adan_##SUF(const args_t *a, int64_t t, int64_t lo, int64_t hi, double *acc) {          \
+    const double *gs = a->gs;                                                                      \
+    const C k[14] = {LERP_COEF((C)gs[0]), LERP_COEF((C)gs[1]), gs[2], gs[3], gs[4], gs[5],         \
+                     gs[6], gs[7], gs[8], TS(0), TS(1), TS(2), LERP_SMALL((C)gs[0]),               \
+                     LERP_SMALL((C)gs[1])};                                                        \
+    (void)acc;                                                                                     \
+    adan_span_##SUF(P(S, 0), P(S, 1), P(S, 2), P(S, 3), P(S, 4), P(S, 5), lo, hi, k);              \
+}                                                                                                  \
+/* sum |g| per tensor (AGR's statistic): g; sums[0]. */                                            \
+static void abs_sums_##SUF(const args_t *a, int64_t t, int64_t lo, int64_t hi, double *acc) {      \
+    const S *restrict g = P(S, 0);                                                                 \
+    REDUCE(SUF, lo, hi, FILL_ABS, SUM)                                                             \
+}                                                                                                  \
+/* AGR: out = (|g| / (-total) + 1) g: g, out; ts: -total. */                                       \
+static void agr_##SUF(const args_t *a, int64_t t, int64_t lo, int64_t hi, double *acc) {           \
+    const S *restrict g = P(S, 0);                                                                 \
+    S *restrict out = P(S, 1);                                                                     \
+    const C neg_total = TS(0);                                                                     \
+    (void)acc;                                                                                     \
+    for (int64_t i = lo; i < hi; i++) {                                                            \
+        C gi = load_##SUF(g[i]);                                                                   \
+        out[i] = store_##SUF((ABS(gi) / neg_total + 1) * gi);                                      \
+    }                                                                                              \
 }
 
-/* The reductions' terms (lane j, element i), in double: a float32 product is exact there. */
-#define NORM_TERMS(SUF, j, i)                                                                     \
-    {                                                                                        \
-        double u = LERP(load_##SUF(m[i]), load_##SUF(g[i]), c1, s1);                                 \
-        acc0[j] += u * u;                                                                    \
-    }
-#define ORTHOGONAL_TERMS(SUF, j, i)                                                               \
-    {                                                                                        \
-        double u = LERP(load_##SUF(m[i]), load_##SUF(g[i]), c1, s1), wd = load_##SUF(w[i]);              \
-        acc0[j] += u * u;                                                                    \
-        acc1[j] += wd * u;                                                                   \
-        acc2[j] += wd * wd;                                                                  \
-    }
-#define ABS_TERMS(SUF, j, i) acc0[j] += fabs((double)load_##SUF(g[i]));
+/* The reductions' buffer entries and sums: acc[0] = sum u^2 (or sum |g|), acc[1] = sum w u,
+   acc[2] = sum w^2. */
+#define FILL_U(SUF, k, i) x[k] = LERP(load_##SUF(m[i]), load_##SUF(g[i]), c1, s1)
+#define FILL_U_AND_W(SUF, k, i) (FILL_U(SUF, k, i), y[k] = load_##SUF(w[i]))
+#define FILL_ABS(SUF, k, i) x[k] = ABS(load_##SUF(g[i]))
+#define SUM_SQUARES(n) sum_products(x, x, n, acc)
+#define SUM_ORTHOGONAL(n) sum_gram(x, y, n, acc)
+#define SUM(n) sum_products(x, 0, n, acc)
 
 KERNELS(float, float, f32)
 KERNELS(double, double, f64)
 KERNELS(bf16, float, bf16)
 KERNELS(f16, float, f16)
 
-#define EXPORT(NAME)                                                                         \
-    void geoptim_##NAME(int64_t nt, const int64_t *numel, void *const *ptr, const double *gs, \
-                        const double *ts, int64_t flags, double *sums, int nthreads) {       \
-        args_t a = {nt, numel, ptr, gs, ts, flags, sums};                                    \
-        parallel(&a, NAME, nthreads);                                                        \
+#define EXPORT(NAME)                                                                               \
+    void geoptim_##NAME(int64_t nt, const int64_t *numel, void *const *ptr, const double *gs,      \
+                        const double *ts, int64_t flags, double *sums, int nthreads) {             \
+        args_t a = {nt, numel, ptr, gs, ts, flags, sums};                                          \
+        parallel(&a, NAME, nthreads);                                                              \
     }
-#define EXPORT_ALL(KERNEL) EXPORT(KERNEL##_f32) EXPORT(KERNEL##_f64) EXPORT(KERNEL##_bf16)    \
+#define EXPORT_ALL(KERNEL) EXPORT(KERNEL##_f32) EXPORT(KERNEL##_f64) EXPORT(KERNEL##_bf16)         \
     EXPORT(KERNEL##_f16)
 EXPORT_ALL(lion) EXPORT_ALL(lion_sums) EXPORT_ALL(lion_scaled) EXPORT_ALL(lp) EXPORT_ALL(adan)
 EXPORT_ALL(abs_sums) EXPORT_ALL(agr)
