@@ -173,8 +173,9 @@ static void parallel(const args_t *a, body_t body, int nthreads) {
     for (int k = 1; k < nthreads; k++)
         if (started[k]) pthread_join(threads[k], 0);
     if (partial) {
+        const int64_t count = NSUMS * a->nt;
         for (int k = 0; k < nthreads; k++)
-            for (int64_t i = 0; i < NSUMS * a->nt; i++) a->sums[i] += partial[k * NSUMS * a->nt + i];
+            for (int64_t i = 0; i < count; i++) a->sums[i] += partial[k * count + i];
         free(partial);
     }
 }
