@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import geoptim
-from geoptim import _compiled
+from geoptim import _compiled, _stats
 from geoptim.agr import agr, agr_multi
 from geoptim.lp import lp_exponent
 from tests.optim.cases import CASES, make_grads, make_params, run_steps
@@ -345,3 +345,34 @@ def test_ortsepnorm_update_parallel_to_the_weight_matches_the_reference(grouping
         results.append(params)
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
+
+
+@needs_library
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_fused_sums_equal_float64_sums(dtype, threads):
+    """The statistics pass's per-tensor sums (u = lerp(m, g, 0.1): sum u^2, sum w u, sum w^2;
+    and sum |g|) equal float64 sums of the same values, over block and thread boundaries, and
+    pass through _stats.reduce_partial_sums unchanged for whole tensors."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(70_001,), (3, 1025), (1,), (5000,)]  # > 65536 elements in all: threads split it
+    w, g, m = ([torch.randn(s, generator=gen).to(dtype) for s in shapes] for _ in range(3))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        partial = _compiled.launch_by_dtype("lion_sums", [g, m, w], (0.1,), flags=1, reduces=True)
+        abs_sums = _compiled.launch_by_dtype("abs_sums", [g], reduces=True)[:, 0]
+    finally:
+        torch.set_num_threads(previous)
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    u = [mi.to(compute).lerp(gi.to(compute), 0.1) for mi, gi in zip(m, g)]
+    expected = torch.tensor(
+        [
+            [(ui.double() ** 2).sum(), (wi.double() * ui.double()).sum(), (wi.double() ** 2).sum()]
+            for ui, wi in zip(u, w)
+        ],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(_stats.reduce_partial_sums(w, partial), expected, rtol=1e-12, atol=0)
+    expected_abs = torch.stack([gi.double().abs().sum() for gi in g])
+    torch.testing.assert_close(abs_sums, expected_abs, rtol=1e-12, atol=0)
