@@ -26,6 +26,7 @@ sdist_names = [name.split("/", 1)[1] for name in tarfile.open(sdist).getnames() 
 assert any(n.endswith(".dist-info/licenses/LICENSE") for n in wheel_names), "LICENSE not in wheel"
 assert "LICENSE" in sdist_names and "README.md" in sdist_names, "LICENSE/README not in sdist"
 assert "geoptim/py.typed" in wheel_names and "geoptim/integrations/transformers.py" in wheel_names
+assert "geoptim/csrc/fused.c" in wheel_names, "the fused kernels' C source not in wheel"
 assert not [n for n in wheel_names if n.startswith(("tests/", "results/", "benchmarks/"))]
 print(f"{wheel.name}: {len(wheel_names)} files; {sdist.name}: {len(sdist_names)} files")
 PY

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from geoptim._stats import is_dtensor, layout_of, local, parameter_labels, sharded
+from geoptim._stats import dtensor_type, layouts_of, local, parameter_labels, sharded
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -202,11 +202,13 @@ class GeoOptimizer(Optimizer):
         checkpointing sees DTensors), and the lists hold this rank's local shards: the kernels
         update them in place, and :mod:`geoptim._stats` reduces their statistics across ranks.
         """
-        params, grads, states = [], [], []
+        dtensor = dtensor_type()
+        params, grads, states, steps = [], [], [], []
         for param in group["params"]:
-            if param.grad is None:
+            grad = param.grad
+            if grad is None:
                 continue
-            if param.grad.is_sparse:
+            if grad.is_sparse:
                 raise RuntimeError(
                     f"{type(self).__name__} does not support sparse gradients; "
                     "use torch.optim.SparseAdam or dense gradients"
@@ -215,21 +217,22 @@ class GeoOptimizer(Optimizer):
             if not state:
                 state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
                 self._init_state(param, state, group)
-            state["step"] += 1
-            grad = param.grad
-            if is_dtensor(param):
+            steps.append(state["step"])
+            if dtensor is not None and isinstance(param, dtensor):
                 param, grad, state = param.to_local(), grad.to_local(), local_state(state)
             if param.is_complex():
                 param, grad, state = as_real(param), as_real(grad), as_real_state(state)
             params.append(param)
             grads.append(-grad if group["maximize"] else grad)
             states.append(state)
+        if steps:  # one vectorised update of every step counter
+            torch._foreach_add_(steps, 1.0)
         return params, grads, states
 
     def _step_groups(self, **update_kwargs: Any) -> None:
         for index, group in enumerate(self.param_groups):
             params, grads, states = self._collect(group)
-            layouts = [layout_of(p) for p in group["params"]]
+            layouts = layouts_of(group["params"])
             present = labels = None
             if any(layouts):
                 # Sharded tensors take the multi-tensor path: every rank must reduce the same

@@ -2,7 +2,8 @@
 
 SepNorm, OrtSepNorm, NormSGD and AGR need, per parameter tensor, a sum over *all* of its
 elements: ``sum(x**2)``, ``sum(|x|)`` or ``sum(x*y)``, and its element count. Every such reduction
-goes through :func:`per_tensor_sums` and :func:`global_numels`, which is where sharded parameters
+goes through :func:`per_tensor_sums` (or, for sums a fused kernel computed while reading the
+data, :func:`reduce_partial_sums`) and :func:`global_numels`, which is where sharded parameters
 are supported.
 
 Sharded parameters (FSDP2 ``fully_shard``, HSDP, any ``DTensor`` with ``Shard`` placements) hold
@@ -123,6 +124,14 @@ def layout_of(tensor: Tensor) -> Layout:
     return Sharding(mesh, dims, tensor.numel(), local(tensor).shape)
 
 
+def layouts_of(tensors: Sequence[Tensor]) -> list[Layout]:
+    """:func:`layout_of` of each tensor; all ``None`` without asking each one when neither
+    DTensor nor FSDP is loaded (a plain model's step pays nothing for sharding support)."""
+    if dtensor_type() is None and "torch.distributed.fsdp" not in sys.modules:
+        return [None] * len(tensors)
+    return [layout_of(t) for t in tensors]
+
+
 def parameter_labels(group: dict[str, Any], prefix: str = "") -> list[str]:
     """``"<prefix>parameter <i>"`` for each parameter of a param group, with its name where the
     group has ``param_names`` (an optimizer built from ``named_parameters()``)."""
@@ -208,10 +217,9 @@ def accumulation_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _local_sums(
-    kind: SumKind, tensors: Sequence[Tensor], others: Sequence[Tensor] | None
-) -> Tensor:
-    """The sums over this rank's elements, stacked (float32 at least)."""
+def local_sums(kind: SumKind, tensors: Sequence[Tensor], others: Sequence[Tensor] | None) -> Tensor:
+    """The sums over this rank's elements, stacked (float32 at least), not yet completed over the
+    ranks (that is :func:`reduce_partial_sums`)."""
     dtype = accumulation_dtype(tensors)
     device = tensors[0].device
     if kind == "sumsq":
@@ -233,11 +241,12 @@ def _local_sums(
 
 
 def _all_reduce_shards(sums: Tensor, declaration: Declaration) -> Tensor:
-    """Sum each sharded tensor's partial sum over the ranks holding its shards: one
-    all-reduce per (mesh, sharded mesh dimension) bucket, of a row ``(partial sum, presence)``
-    per declared parameter of the bucket (passed or not, so every rank reduces the same shape),
-    in float64. Raises :class:`GradientPresenceError` on every rank when some parameter is
-    passed on some ranks only."""
+    """Sum each sharded tensor's partial sums (a row of ``sums``, or one value when ``sums`` is
+    1-D) over the ranks holding its shards: one all-reduce per (mesh, sharded mesh dimension)
+    bucket, of a row ``(partial sums, presence)`` per declared parameter of the bucket (passed
+    or not, so every rank reduces the same shape), in float64. Raises
+    :class:`GradientPresenceError` on every rank when some parameter is passed on some ranks
+    only."""
     import torch.distributed as dist
 
     buckets: dict[tuple[Any, tuple[int, ...]], list[int]] = {}
@@ -245,10 +254,11 @@ def _all_reduce_shards(sums: Tensor, declaration: Declaration) -> Tensor:
         if isinstance(lay, Sharding):
             buckets.setdefault((lay.mesh, lay.dims), []).append(i)
     device = sums.device if len(sums) else torch.device(next(iter(buckets))[0].device_type)
-    rows = torch.zeros(len(declaration.layouts), 2, dtype=torch.float64, device=device)
+    columns = sums.shape[1] if sums.dim() > 1 else 1
+    rows = torch.zeros(len(declaration.layouts), columns + 1, dtype=torch.float64, device=device)
     passed = torch.tensor(declaration.passed, dtype=torch.long, device=device)
-    rows[passed, 0] = sums.to(rows)
-    rows[passed, 1] = 1.0
+    rows[passed, :columns] = sums.reshape(len(passed), columns).to(rows)
+    rows[passed, columns] = 1.0
     mismatched: list[tuple[int, int, int]] = []
     for (mesh, dims), indices in buckets.items():
         index = torch.tensor(indices, device=device)
@@ -257,11 +267,11 @@ def _all_reduce_shards(sums: Tensor, declaration: Declaration) -> Tensor:
             dist.all_reduce(partial, group=mesh.get_group(dim))
         rows.index_copy_(0, index, partial)
         ranks = math.prod(mesh.size(dim) for dim in dims)
-        counts = partial[:, 1].tolist()
+        counts = partial[:, columns].tolist()
         mismatched += [(i, int(c), ranks) for i, c in zip(indices, counts) if 0 < c < ranks]
     if mismatched:
         raise GradientPresenceError(_presence_message(declaration.labels, mismatched))
-    return rows[passed, 0].to(sums.dtype)
+    return rows[passed, :columns].reshape(sums.shape).to(sums.dtype)
 
 
 def _presence_message(labels: Sequence[str], mismatched: Sequence[tuple[int, int, int]]) -> str:
@@ -289,12 +299,19 @@ def per_tensor_sums(
     an empty list still takes part in the reduction (other ranks may pass tensors).
     """
     declaration = _declaration_for(tensors)
-    if declaration is None:
-        return _local_sums(kind, tensors, others) if tensors else torch.zeros(0)
-    tensors = [local(t) for t in tensors]
-    others = None if others is None else [local(o) for o in others]
-    sums = _local_sums(kind, tensors, others) if tensors else torch.zeros(0)
-    return _all_reduce_shards(sums, declaration)
+    if declaration is not None:
+        tensors = [local(t) for t in tensors]
+        others = None if others is None else [local(o) for o in others]
+    sums = local_sums(kind, tensors, others) if tensors else torch.zeros(0)
+    return sums if declaration is None else _all_reduce_shards(sums, declaration)
+
+
+def reduce_partial_sums(tensors: Sequence[Tensor], partial: Tensor) -> Tensor:
+    """Sums that a kernel computed over this rank's elements of ``tensors`` while reading them
+    (``partial``: one row, or one value, per tensor), completed as :func:`per_tensor_sums`
+    completes its own: over the whole tensor for sharded ones, unchanged for the others."""
+    declaration = _declaration_for(tensors)
+    return partial if declaration is None else _all_reduce_shards(partial, declaration)
 
 
 def global_numels(tensors: Sequence[Tensor]) -> list[int]:

@@ -210,7 +210,7 @@ class Adan(GeoOptimizer):
         max_grad_norm: if > 0, every gradient is scaled by
             ``min(1, max_grad_norm / (global_norm + eps))``, the global norm over all groups.
         foreach, fused: as in :class:`geoptim.LPSGDM` (default: the one-pass fused kernel of
-            :mod:`geoptim._compiled` for float32/float64 CPU tensors).
+            :mod:`geoptim._compiled` for dense CPU tensors of any float dtype).
 
     State per parameter: ``step``, ``exp_avg``, ``exp_avg_diff``, ``exp_avg_sq``,
     ``prev_grad`` (the previous clipped gradient; set to the first gradient at the first step).
@@ -290,8 +290,9 @@ class Adan(GeoOptimizer):
         clip: Tensor | float = 1.0,
         first_moment_grads: list[Tensor] | None = None,
     ) -> None:
-        for grad, state in zip(grads, states):
-            if state["step"] == 1:  # g_prev starts as g, so the first difference is 0
+        steps = [float(s["step"]) for s in states]
+        for grad, state, step in zip(grads, states, steps):
+            if step == 1:  # g_prev starts as g, so the first difference is 0
                 state["prev_grad"].copy_(grad * clip)
         beta1, beta2, beta3 = group["betas"]
         mode = _compiled.kernel_mode(group)
@@ -307,7 +308,7 @@ class Adan(GeoOptimizer):
             [s["exp_avg_diff"] for s in states],
             [s["exp_avg_sq"] for s in states],
             [s["prev_grad"] for s in states],
-            [float(s["step"]) for s in states],
+            steps,
             lr=group["lr"],
             beta1=beta1,
             beta2=beta2,

@@ -37,7 +37,17 @@ from geoptim._base import (
     scalar_dtype,
     working_copies,
 )
-from geoptim._stats import layout_of, like, local, parameter_labels, per_tensor_sums, sharded
+from geoptim._stats import (
+    accumulation_dtype,
+    layout_of,
+    like,
+    local,
+    local_sums,
+    parameter_labels,
+    per_tensor_sums,
+    reduce_partial_sums,
+    sharded,
+)
 from geoptim.adan import Adan
 
 __all__ = ["AdamWAGR", "AdanAGR", "adamw_two_gradients", "agr", "agr_multi", "with_agr"]
@@ -59,21 +69,29 @@ def agr_multi(
 ) -> list[Tensor]:
     """Multi-tensor :func:`agr`; new tensors, ``grads`` untouched.
 
-    The sums go through :mod:`geoptim._stats`; then, unless ``fused=False``, every contiguous
-    float32/float64 CPU gradient is transformed by the fused kernel of :mod:`geoptim._compiled`
-    (one read of ``g``, one write of ``Psi(g)``) and the others with foreach ops, in the same
-    arithmetic as :func:`agr`. With ``owner`` (a tensor that lives as long as the gradients'
-    parameters, e.g. the first parameter) the fused results are views of a buffer kept for it
-    between calls (:func:`geoptim._compiled.workspace`), valid until the next call with the
-    same ``owner``; without, they are newly allocated."""
-    g = working_copies(grads)
-    totals = per_tensor_sums("abs", g)
-    totals = totals.clamp_min(torch.finfo(totals.dtype).tiny).neg_()
-    fused_rows, rest = ([], list(range(len(g)))) if fused is False else _compiled.split_fusable(g)
-    out: list[Tensor] = list(g)
+    Unless ``fused=False``, every gradient the fused kernels of :mod:`geoptim._compiled` take
+    (any float dtype, any dense layout) is read twice: one pass sums ``|g|`` (in float64), one
+    writes ``Psi(g)`` (in float32 at least, stored in ``g``'s dtype); the others take foreach
+    ops, in the same arithmetic as :func:`agr`. The sums are completed through
+    :mod:`geoptim._stats` (sharded gradients: over the whole tensor). With ``owner`` (a tensor
+    that lives as long as the gradients' parameters, e.g. the first parameter) the fused
+    results are views of a buffer kept for it between calls
+    (:func:`geoptim._compiled.workspace`), valid until the next call with the same ``owner``;
+    without, they are newly allocated."""
+    rows = list(range(len(grads)))
+    fused_rows, rest = ([], rows) if fused is False else _compiled.split_fusable(grads)
+    pick = _compiled.pick
+    partial = torch.zeros(len(grads), dtype=torch.float64)
     if fused_rows:
-        pick = _compiled.pick
-        sources = pick(g, fused_rows)
+        sums = _compiled.launch_by_dtype("abs_sums", [pick(grads, fused_rows)], reduces=True)
+        partial[fused_rows] = sums[:, 0]
+    if rest:
+        partial[rest] = local_sums("abs", pick(grads, rest), None).to(partial)
+    totals = reduce_partial_sums(grads, partial).to(accumulation_dtype(grads))
+    totals = totals.clamp_min(torch.finfo(totals.dtype).tiny).neg_()
+    out: list[Tensor] = list(grads)
+    if fused_rows:
+        sources = pick(grads, fused_rows)
         if owner is not None and all(x.dtype == sources[0].dtype for x in sources):
             targets = _compiled.workspace(owner, sources)
         else:
@@ -83,14 +101,14 @@ def agr_multi(
         for i, target in zip(fused_rows, targets):
             out[i] = target
     if rest:
-        sub = [g[i] for i in rest]
+        sub = working_copies(pick(grads, rest))
         psi = torch._foreach_abs(sub)
         torch._foreach_div_(psi, [totals[i] for i in rest])
         torch._foreach_add_(psi, 1.0)
         torch._foreach_mul_(psi, sub)
         for i, p in zip(rest, psi):
-            out[i] = p
-    return [p.to(orig.dtype) for p, orig in zip(out, grads)]
+            out[i] = p.to(grads[i].dtype)
+    return out
 
 
 def agr_active(group: dict[str, Any]) -> bool:

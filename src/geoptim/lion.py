@@ -25,8 +25,8 @@ Signum     :math:`\mathrm{sign}(m)` with :math:`\beta_1 = \beta_2 = \beta`
 ========== ==================================================================================
 
 Every class takes ``foreach`` and ``fused`` as :class:`geoptim.LPSGDM` does: by default the fused
-kernels of :mod:`geoptim._compiled` update every float32/float64 CPU tensor in one or two passes
-over memory.
+kernels of :mod:`geoptim._compiled` update every dense CPU tensor (float32, float64, bfloat16,
+float16; any memory layout) in one or two passes over memory.
 
 For OrtSepNorm every group's norm converges to
 :math:`\eta\sqrt{|l|}/\sqrt{2\eta\lambda - (\eta\lambda)^2}` whatever the loss.
@@ -53,7 +53,12 @@ from geoptim._base import (
     working_copies,
     write_back,
 )
-from geoptim._stats import global_numels, per_tensor_sums
+from geoptim._stats import (
+    accumulation_dtype,
+    global_numels,
+    per_tensor_sums,
+    reduce_partial_sums,
+)
 
 __all__ = [
     "GROUPINGS",
@@ -71,31 +76,40 @@ GROUPINGS = ("tensor", "element", "global")
 Direction = Literal["sign", "element", "tensor", "global", "global_norm"]
 
 
-@eager  # geoptim._stats (sharded sums) runs eagerly under torch.compile
-def _projection_coefficients(
-    params: Sequence[Tensor], updates: Sequence[Tensor], direction: Direction
-) -> Tensor:
-    """``<w_l, u_l> / ||w_l||^2`` per tensor (one shared value for the global groupings);
-    0 where ``||w_l|| = 0``."""
-    dots = per_tensor_sums("dot", params, updates)
-    sq = per_tensor_sums("sumsq", params)
+def _coefficients_from_sums(dots: Tensor, sq: Tensor, direction: Direction) -> Tensor:
+    """``<w_l, u_l> / ||w_l||^2`` from the per-tensor ``dots`` and ``sq`` (one shared value for
+    the global groupings); 0 where ``||w_l|| = 0``."""
     if direction.startswith("global"):
         dots, sq = dots.sum().expand_as(dots), sq.sum().expand_as(sq)
     return torch.where(sq > 0, dots / sq.clamp_min(torch.finfo(sq.dtype).tiny), 0.0)
 
 
+def _scales_from_sums(sq: Tensor, sizes: Sequence[int], direction: Direction, eps: float) -> Tensor:
+    """The factor each update tensor is multiplied by, from its ``sq = ||u_l||^2`` and element
+    count: ``sqrt(n_l) / (||u_l|| + eps)``, with ``n_l`` and ``||u_l||`` over the whole group for
+    ``"global"``, and the plain ``1 / (||u|| + eps)`` for ``"global_norm"`` (NormSGD)."""
+    numels = torch.tensor(sizes, dtype=sq.dtype, device=sq.device)
+    if direction == "tensor":
+        return numels.sqrt() / (sq.sqrt() + eps)
+    norm = sq.sum().sqrt()
+    numerator = numels.sum().sqrt() if direction == "global" else torch.ones((), dtype=sq.dtype)
+    return (numerator / (norm + eps)).expand_as(sq)
+
+
+@eager  # geoptim._stats (sharded sums) runs eagerly under torch.compile
+def _projection_coefficients(
+    params: Sequence[Tensor], updates: Sequence[Tensor], direction: Direction
+) -> Tensor:
+    """:func:`_coefficients_from_sums` of the tensors themselves."""
+    dots = per_tensor_sums("dot", params, updates)
+    return _coefficients_from_sums(dots, per_tensor_sums("sumsq", params), direction)
+
+
 @eager  # as above
 def _normalisation_scales(updates: Sequence[Tensor], direction: Direction, eps: float) -> Tensor:
-    """The factor each update tensor is multiplied by: ``sqrt(n_l) / (||u_l|| + eps)``,
-    with ``n_l`` and ``||u_l||`` over the whole group for ``"global"``, and the plain
-    ``1 / (||u|| + eps)`` for ``"global_norm"`` (NormSGD)."""
+    """:func:`_scales_from_sums` of the update tensors themselves."""
     sq = per_tensor_sums("sumsq", updates)
-    sizes = torch.tensor(global_numels(updates), dtype=sq.dtype, device=sq.device)
-    if direction == "tensor":
-        return sizes.sqrt() / (sq.sqrt() + eps)
-    norm = sq.sum().sqrt()
-    numerator = sizes.sum().sqrt() if direction == "global" else torch.ones((), dtype=sq.dtype)
-    return (numerator / (norm + eps)).expand_as(sq)
+    return _scales_from_sums(sq, global_numels(updates), direction, eps)
 
 
 def sepnorm_single(
@@ -186,6 +200,13 @@ def sepnorm_multi(
     write_back(exp_avgs, m)
 
 
+#: OrtSepNorm's fused path takes ``||u - c w||^2 = ||u||^2 - 2c<w,u> + c^2||w||^2`` from one
+#: pass; where that is below this fraction of ``||u||^2`` (``u`` within about 0.6 degrees of
+#: ``w``: the difference would lose more than 4 of float64's 16 digits), it is recomputed from
+#: the projected update itself, as the reference does.
+CANCELLATION = 1e-4
+
+
 @eager  # opaque to torch.compile: the C kernels run eagerly
 def sepnorm_fused(
     params: list[Tensor],
@@ -203,12 +224,12 @@ def sepnorm_fused(
     """Fused kernel (:mod:`geoptim._compiled`): the arithmetic of :func:`sepnorm_single`.
 
     ``sign`` and ``element``: one pass, ``w, m <- f(w, g, m)``. The normalised directions need
-    the statistics of ``u`` first: one pass writes ``u`` (into a parameter-sized workspace kept
-    between steps, :func:`geoptim._compiled.workspace`) and the new ``m``, the statistics go
-    through :mod:`geoptim._stats` (the projection of OrtSepNorm is one in-place multi-tensor op
-    on ``u``), and a second pass applies ``w <- w decay - lr s u``.
-    Tensors the fused kernels do not take (and, for the global groupings, the whole group if
-    any of them) use :func:`sepnorm_multi`.
+    the statistics of ``u = lerp(m, g, 1 - beta1)`` first: a first pass reads ``g, m`` (and
+    ``w`` for OrtSepNorm) and writes nothing but, per tensor, ``||u||^2`` (and ``<w, u>``,
+    ``||w||^2``), accumulated in float64; they go through :mod:`geoptim._stats`; a second pass
+    recomputes ``u`` and applies ``w <- w decay - lr s (u - c w)``, ``m <- lerp(m, g, 1 -
+    beta2)``. No parameter-sized buffer. Tensors the fused kernels do not take (and, for the
+    global groupings, the whole group if any of them) use :func:`sepnorm_multi`.
     """
     kwargs = {"lr": lr, "beta1": beta1, "beta2": beta2, "weight_decay": weight_decay, "eps": eps}
     fused, rest = _compiled.split_fusable(params, grads, exp_avgs)
@@ -231,18 +252,70 @@ def sepnorm_fused(
     if direction in ("sign", "element"):
         flags = (direction == "element") | (2 * orthogonal)
         scalars = (lr, 1.0 - beta1, 1.0 - beta2, decay, eps)
-        _compiled.launch_by_dtype("interp", [w, g, m], scalars, flags=flags, written=(0, 2))
+        _compiled.launch_by_dtype("lion", [w, g, m], scalars, flags=flags, written=(0, 2))
         return
-    if all(x.dtype == m[0].dtype for x in m):
-        updates = _compiled.workspace(m[0], m)
-    else:
-        updates = [torch.empty_like(x) for x in m]
-    _compiled.launch_by_dtype("split", [g, m, updates], (1 - beta1, 1 - beta2), written=(1,))
+    neg_c, scales, unsafe = _fused_statistics(w, g, m, 1.0 - beta1, direction, eps, orthogonal)
+    if unsafe:  # u almost parallel to w: its projection is rounding noise, computed as ATen does
+        pick = _compiled.pick
+        sepnorm_multi(
+            *(pick(x, unsafe) for x in (w, g, m)), direction=direction, orthogonal=True, **kwargs
+        )
+        keep = sorted(set(range(len(w))) - set(unsafe))
+        w, g, m, neg_c, scales = (pick(x, keep) for x in (w, g, m, neg_c, scales))
+    scalars = (lr, 1.0 - beta1, 1.0 - beta2, decay)
+    _compiled.launch_by_dtype(
+        "lion_scaled", [w, g, m], scalars, [scales, neg_c], flags=orthogonal, written=(0, 2)
+    )
+
+
+def _fused_statistics(
+    w: list[Tensor],
+    g: list[Tensor],
+    m: list[Tensor],
+    weight: float,
+    direction: Direction,
+    eps: float,
+    orthogonal: bool,
+) -> tuple[list[float], list[float], list[int]]:
+    """The per-tensor ``-c`` (projection coefficients, 0 without projection) and scales of
+    :func:`sepnorm_fused`'s second pass, from one statistics pass over ``u = lerp(m, g,
+    weight)``; and, for OrtSepNorm per tensor, the tensors whose ``||u - c w||^2`` the
+    statistics cannot give (:data:`CANCELLATION`), to be updated by the multi-tensor kernel.
+    (With a global coefficient, their ``||u - c w||^2`` is recomputed here instead.)"""
+    partial = _compiled.launch_by_dtype(
+        "lion_sums", [g, m, w if orthogonal else None], (weight,), flags=orthogonal, reduces=True
+    )
+    sums = reduce_partial_sums(w, partial)
+    sq, unsafe = sums[:, 0], []
+    coefficients = torch.zeros_like(sq)
     if orthogonal:
-        coefficients = _projection_coefficients(w, updates, direction)
-        torch._foreach_addcmul_(updates, w, list(coefficients.neg().unbind()))
-    scales = _normalisation_scales(updates, direction, eps).tolist()
-    _compiled.launch_by_dtype("scaled", [w, updates], (lr, decay), [scales], written=(0,))
+        dots, wsq = sums[:, 1], sums[:, 2]
+        coefficients = _coefficients_from_sums(dots, wsq, direction)
+        perp = sq - 2 * coefficients * dots + coefficients.square() * wsq
+        unsafe = (perp < CANCELLATION * sq).nonzero().flatten().tolist()
+        if unsafe and direction != "tensor":
+            perp[unsafe] = _projected_sumsq(w, g, m, weight, coefficients[unsafe], unsafe)
+            unsafe = []
+        sq = perp.clamp_min(0.0)
+    scales = _scales_from_sums(sq, global_numels(w), direction, eps)
+    return coefficients.neg().tolist(), scales.tolist(), unsafe
+
+
+def _projected_sumsq(
+    w: list[Tensor],
+    g: list[Tensor],
+    m: list[Tensor],
+    weight: float,
+    coefficients: Tensor,
+    rows: list[int],
+) -> Tensor:
+    """``||u - c w||^2`` of tensors ``rows`` (``c`` from ``coefficients``, one per row),
+    computed as :func:`sepnorm_multi` does."""
+    ws, gs, ms = (working_copies(_compiled.pick(ts, rows)) for ts in (w, g, m))
+    updates = torch._foreach_lerp(ms, gs, weight)
+    neg_c = coefficients.neg().to(accumulation_dtype(ws)).unbind()
+    torch._foreach_addcmul_(updates, ws, list(neg_c))
+    return per_tensor_sums("sumsq", updates).to(coefficients)
 
 
 class _InterpolatedMomentum(GeoOptimizer):

@@ -181,8 +181,8 @@ class LPSGDM(GeoOptimizer):
         maximize: ascend instead of descend.
         foreach: ``None``/``True`` multi-tensor kernel, ``False`` single-tensor reference.
         fused: ``True`` the fused one-pass kernel (:mod:`geoptim._compiled`) for every
-            contiguous CPU float32/float64 tensor (others: the multi-tensor kernel); ``None``
-            (default) the same unless ``foreach`` is given; ``False`` never.
+            dense CPU tensor of any float dtype and layout (others: the multi-tensor kernel);
+            ``None`` (default) the same unless ``foreach`` is given; ``False`` never.
 
     State per parameter: ``step``, ``momentum_buffer`` (starts at 0).
     """
