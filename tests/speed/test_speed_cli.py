@@ -187,7 +187,10 @@ def test_tiny_run_writes_markdown_and_json(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "[3/3] small: 20,000 float32 params in 20 flat tensors, 1 thread" in printed
     payload = json.loads(out_json.read_text())
-    assert set(payload) == {"header", "notes", "results", "curvature"}
+    assert set(payload) == {"run", "results", "curvature"}
+    assert set(payload["run"]) == {
+        *("command", "date", "machine", "load_start", "load_end", "seconds", "notes")
+    }
     results = payload["results"]
     names = {"copy", "sgdm_foreach", "sgdm_fused", "adamw_fused", "lion", "adan_agr"}
     names |= {"lion:foreach", "adan"}  # the references and the AGR row's base are added
@@ -210,7 +213,8 @@ def test_tiny_run_writes_markdown_and_json(tmp_path, capsys):
         curvature["hessian_ms_per_estimate"] / 100
     )
     markdown = out_md.read_text()
-    assert markdown.startswith("`geoptim speed --device cpu --numel 4e+03 --tensors 4")
+    assert markdown.startswith("## `geoptim speed`, ")
+    assert "- command: `geoptim speed --device cpu --numel 4e+03 --tensors 4 --cases" in markdown
     assert "### bf16: 4,000 bfloat16 params in 4 flat tensors, 1 thread" in markdown
     assert "| geoptim Lion (foreach) |" in markdown and "% AdamW" in markdown
     assert "CurvaturePScheduler cost" in markdown

@@ -497,19 +497,41 @@ def _section(case: Case, threads: int | None) -> str:
     return f"{case.name}: {case.describe()}, {where}"
 
 
+LEGEND = (
+    "`B/param`: bytes each implementation moved per parameter in one step, counted (every read "
+    "and write of every pass, reductions included; `?`: a pass the counter could not see); "
+    "`min B/param`: what the update rule must move (each tensor once); `GB/s`: counted bytes "
+    "over the median step time; `% copy`: that rate over a torch copy's in the same rounds; "
+    "`% AdamW`: the rate at minimal bytes over torch fused AdamW's at its minimal bytes; "
+    "`x ...`: time ratios within the table; `x base`: an AGR row over the optimizer it wraps; "
+    "`x fp32`: time per parameter over the same row's in the fp32 table at the same thread "
+    "count; `state B/param`: the optimizer's persistent state."
+)
+
+
 def report(
-    header: str,
+    run_info: dict[str, Any],
     sections: list[tuple[str, list[dict[str, Any]]]],
-    notes: list[str],
     curvature: dict[str, float] | None,
 ) -> str:
-    """The whole run as Markdown: the header, one table per case and thread count, notes."""
-    parts = [header, ""]
-    parts += [f"- {note}" for note in notes]
+    """The whole run as Markdown: how it was made, one table per case and thread count, the
+    scheduler's cost."""
+    parts = [
+        f"## `geoptim speed`, {run_info['date']}",
+        "",
+        f"- command: `{run_info['command']}`",
+        f"- machine: {run_info['machine']}",
+        f"- load average {run_info['load_start']:.1f} at the start, {run_info['load_end']:.1f} "
+        f"at the end; {run_info['seconds']:.0f} s in all",
+        *(f"- {note}" for note in run_info["notes"]),
+        "",
+        LEGEND,
+    ]
     for title, rows in sections:
         parts += ["", f"### {title}", "", table(rows)]
     if curvature is not None:
-        parts += ["", "### CurvaturePScheduler cost (small model)", "", curvature_table(curvature)]
+        title = "CurvaturePScheduler cost (a 20-tensor, 19,800-parameter MLP)"
+        parts += ["", f"### {title}", "", curvature_table(curvature)]
     return "\n".join(parts) + "\n"
 
 
@@ -624,10 +646,16 @@ def run(args: argparse.Namespace) -> int:
     budget = args.budget or (0.5 if args.quick else 3.0)
     cases = make_cases(numel, args.tensors)
     thread_counts: list[int | None] = [None] if args.device == "cuda" else list(args.threads)
-    command = _command(args, numel, budget)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    header = f"`{command}`, {stamp}; {hardware(args.device)}"
-    print(header, flush=True)
+    run_info: dict[str, Any] = {
+        "command": _command(args, numel, budget),
+        "date": stamp,
+        "machine": hardware(args.device),
+        "load_start": os.getloadavg()[0],
+        "notes": notes,
+    }
+    started = time.perf_counter()
+    print(f"{run_info['command']}: {stamp}; {run_info['machine']}", flush=True)
     for note in notes:
         print(f"note: {note}", flush=True)
     results, sections = [], []
@@ -655,12 +683,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_curvature:
         torch.set_num_threads(thread_counts[0] or torch.get_num_threads())
         curvature = curvature_cost(args.device, args.rounds, budget)
-    text = report(header, sections, notes, curvature)
+    run_info["load_end"] = os.getloadavg()[0]
+    run_info["seconds"] = time.perf_counter() - started
+    text = report(run_info, sections, curvature)
     print(text, flush=True)
     if outputs["--markdown"]:
         outputs["--markdown"].write_text(text)
     if outputs["--json"]:
-        payload = {"header": header, "notes": notes, "results": results, "curvature": curvature}
+        payload = {"run": run_info, "results": results, "curvature": curvature}
         outputs["--json"].write_text(json.dumps(payload, indent=1))
     return 0
 
