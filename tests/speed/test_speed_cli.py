@@ -2,6 +2,7 @@
 C kernels' declared loads and stores against what the kernels do, and the command end to end
 (tiny sizes; no timing is asserted)."""
 
+import contextlib
 import importlib.util
 import json
 
@@ -109,6 +110,23 @@ def test_a_kernel_without_a_declaration_is_reported_unseen(monkeypatch):
     count = count_bytes(optimizer.step)
     assert count.unseen == ["C kernel 'interp'"] and count.kernels == 1
     assert _compiled.launch.__module__ == "geoptim._compiled"  # the patch is undone
+
+
+def test_a_count_below_the_minimum_is_marked_incomplete(monkeypatch):
+    """A fast path the counter cannot see (here: every C kernel hidden from it) leaves fewer
+    bytes than the update rule must move; the row is then marked, not reported as fast."""
+    monkeypatch.setattr(_bandwidth, "_counting_kernels", lambda count: contextlib.nullcontext())
+    case = speed.Case("fp32", ((4096,),) * 2)
+    params, grads = speed._make_tensors(case, "cpu", 0), speed._make_tensors(case, "cpu", 1)
+    row = speed._Row("lion", speed.resolve("lion"), params, grads)
+    row.step()
+    row.count = count_bytes(row.step)
+    row.times = [1e-3]
+    result = speed._result(row, case)
+    assert result["bytes_per_param"] < 1 and not result["count_complete"]
+    speed._add_ratios([result])
+    assert result["copy_fraction"] is None
+    assert "?" in speed.table([{**result, "x_fp32": None}])
 
 
 # ---------------------------------------------------------------- the C kernels' declarations
