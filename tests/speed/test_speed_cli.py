@@ -198,7 +198,7 @@ def test_declared_loads_and_stores_match_what_each_kernel_does(monkeypatch):
 def test_tiny_run_writes_markdown_and_json(tmp_path, capsys):
     out_json, out_md = tmp_path / "out" / "speed.json", tmp_path / "speed.md"
     argv = ["speed", "--numel", "4000", "--tensors", "4", "--threads", "1", "--rounds", "1"]
-    argv += ["--budget", "0.01", "--cases", "fp32", "bf16", "small"]
+    argv += ["--budget", "0.01", "--cases", "fp32", "bf16", "small", "--clock", "cpu"]
     argv += ["--optimizers", "lion", "adan_agr", "lion:foreach"]
     argv += ["--json", str(out_json), "--markdown", str(out_md)]
     assert cli.main(argv) == 0
@@ -225,7 +225,8 @@ def test_tiny_run_writes_markdown_and_json(tmp_path, capsys):
         row["adan_agr", "fp32"]["ms"] / row["adan", "fp32"]["ms"]
     )
     assert row["lion", "small"]["numel"] == 20_000 and row["lion", "small"]["threads"] == 1
-    assert row["lion", "fp32"]["state_bytes_per_param"] == pytest.approx(4.0)
+    assert row["lion", "fp32"]["state_bytes_per_param"] == pytest.approx(4.0, abs=0.01)
+    assert row["lion", "fp32"]["kept_bytes_per_param"] == 0
     curvature = payload["curvature"]
     assert curvature["hessian_ms_per_step"] == pytest.approx(
         curvature["hessian_ms_per_estimate"] / 100
@@ -233,6 +234,7 @@ def test_tiny_run_writes_markdown_and_json(tmp_path, capsys):
     markdown = out_md.read_text()
     assert markdown.startswith("## `geoptim speed`, ")
     assert "- command: `geoptim speed --device cpu --numel 4e+03 --tensors 4 --cases" in markdown
+    assert "--budget 0.01 --clock cpu --optimizers lion adan_agr lion:foreach`" in markdown
     assert "### bf16: 4,000 bfloat16 params in 4 flat tensors, 1 thread" in markdown
     assert "| geoptim Lion (foreach) |" in markdown and "% AdamW" in markdown
     assert "CurvaturePScheduler cost" in markdown
@@ -248,6 +250,25 @@ def test_missing_peers_are_skipped_with_a_note(monkeypatch):
     assert notes == [
         "lion_pytorch skipped: lion_pytorch is not installed (pip install geoptim[speed])"
     ]
+
+
+def test_interleaved_rounds_sample_every_sampler_once_per_round():
+    calls = []
+
+    def sampler(index):
+        return lambda: calls.append(index) or float(index)
+
+    samples = speed.interleaved([sampler(0), sampler(1), sampler(2)], 7, 1e9, seed=0)
+    assert samples == [[0.0] * 7, [1.0] * 7, [2.0] * 7]
+    rounds = [calls[i : i + 3] for i in range(0, 21, 3)]
+    assert all(sorted(r) == [0, 1, 2] for r in rounds) and len(set(map(tuple, rounds))) > 1
+    assert [len(s) for s in speed.interleaved([sampler(0)], 7, 0.0, seed=0)] == [3]
+
+
+def test_the_cpu_clock_is_refused_on_a_gpu(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli.main(["speed", "--device", "cuda", "--clock", "cpu"]) == 2
+    assert "--clock cpu: a GPU's time is not the process's CPU time" in capsys.readouterr().err
 
 
 def test_unknown_rows_are_rejected():
@@ -267,6 +288,30 @@ def test_cases_have_the_requested_shapes():
     assert weight[0].is_contiguous(memory_format=torch.channels_last)
     assert not weight[0].is_contiguous()
     assert (cases["small"].numel, len(cases["small"].shapes)) == (20_000, 20)
+
+
+def test_kept_bytes_are_the_allocations_a_step_holds_outside_its_state():
+    """A workspace kept between steps counts, once (the first step); the state does not."""
+    params = _params(2)
+    workspace = {}
+
+    def step():
+        if not workspace:
+            workspace["buffer"] = torch.empty(2 * N)  # kept: 8 bytes per parameter
+            workspace["state"] = torch.zeros(2 * N)  # listed as owned
+        torch.zeros(3 * N).add_(1)  # a temporary: freed on return
+
+    def owned():
+        return [*params, workspace["state"]]
+
+    assert _bandwidth.kept_bytes(step, owned) == 4 * 2 * N
+    assert _bandwidth.kept_bytes(step, owned) == 0  # reused, not allocated again
+    optimizer = torch.optim.AdamW(params, fused=True)
+
+    def params_and_state():
+        return [*params, *(v for state in optimizer.state.values() for v in state.values())]
+
+    assert _bandwidth.kept_bytes(optimizer.step, params_and_state) == 0
 
 
 def test_tensor_bytes_counts_distinct_elements():

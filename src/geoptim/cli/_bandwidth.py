@@ -23,7 +23,9 @@ count incomplete instead of reporting a figure that is too small.
 from __future__ import annotations
 
 import contextlib
+import gc
 import sys
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -180,4 +182,36 @@ def count_bytes(fn: Callable[[], Any]) -> ByteCount:
     return count
 
 
-__all__ = ["KERNEL_ACCESS", "ByteCount", "count_bytes", "tensor_bytes"]
+class _Allocations(TorchDispatchMode):
+    """Weak references to every tensor an ATen op creates (not a view, not an argument)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.created: list[weakref.ref[Tensor]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not any(r.alias_info is not None for r in func._schema.returns):
+            self.created += [weakref.ref(t) for t in _tensors(out)]
+        return out
+
+
+def kept_bytes(fn: Callable[[], Any], owned: Callable[[], list[Tensor]]) -> int:
+    """Bytes of the memory that ``fn`` allocates and still holds when it returns, beyond the
+    tensors ``owned()`` lists afterwards (an optimizer's parameters, gradients and state): a
+    workspace kept between steps. Each storage counts once, whole."""
+    allocations = _Allocations()
+    with allocations:
+        fn()
+    gc.collect()
+    exclude = {t.untyped_storage().data_ptr() for t in owned()}
+    kept = {}
+    for ref in allocations.created:
+        tensor = ref()
+        if tensor is not None and tensor.untyped_storage().data_ptr() not in exclude:
+            storage = tensor.untyped_storage()
+            kept[storage.data_ptr()] = storage.nbytes()
+    return sum(kept.values())
+
+
+__all__ = ["KERNEL_ACCESS", "ByteCount", "count_bytes", "kept_bytes", "tensor_bytes"]

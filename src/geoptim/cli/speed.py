@@ -22,19 +22,22 @@ parameters), each at every ``--threads`` count. ``x fp32`` compares a row's time
 with its own ``fp32`` row at the same thread count.
 
 Method: every row gets its own parameters and gradients (copies of one random set). A first
-step creates the state and is timed: where it is shorter than :data:`SAMPLE_SECONDS`, a second
-step measures how many consecutive steps make one timed sample (small steps would be lost in the
-timer's resolution), else a sample is one step. One step is counted (bytes). Then rounds time one
-sample of every row in a shuffled order (interleaved, so drift in the machine's load spreads over
-all rows alike) until ``--rounds`` rounds or the ``--budget`` seconds of the case are spent (at
-least three rounds); a row's time is the median over rounds. The cost of the
-:class:`~geoptim.CurvaturePScheduler` estimators is timed the same way on a 20k-parameter MLP.
+step creates the state; the memory it allocated and still holds outside the parameters,
+gradients and state is ``kept B/param`` (a workspace kept between steps). A second, timed step
+sets how many consecutive steps make one timed sample (about :data:`SAMPLE_SECONDS`, so that
+small steps are not lost in the timer's resolution; one step for large cases); a third is
+counted (bytes). Then rounds time one sample of every row in a shuffled order (interleaved, so
+drift in the machine's load spreads over all rows alike) until ``--rounds`` rounds or the
+``--budget`` seconds of the case are spent (at least three rounds); a row's time is the median
+over rounds. The cost of the :class:`~geoptim.CurvaturePScheduler` estimators is timed the same
+way on a 20k-parameter MLP.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import gc
 import importlib.util
 import json
@@ -53,7 +56,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from geoptim.cli._bandwidth import ByteCount, count_bytes
+from geoptim.cli._bandwidth import ByteCount, count_bytes, kept_bytes
 from geoptim.cli.common import ConfigError, positive_float, positive_int, writable_file
 
 HELP = "time optimizer steps (geoptim, torch and peers) and count the bytes they move"
@@ -225,10 +228,42 @@ def _make_tensors(case: Case, device: str, seed: int) -> list[Tensor]:
 SAMPLE_SECONDS = 2e-3
 MIN_ROUNDS = 3
 
+#: ``wall``: elapsed time; ``cpu``: the process's CPU time (every thread's), which leaves out
+#: the time other jobs on a busy machine hold the cores.
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
 
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], device: str, clock: Callable[[], float], repeat: int = 1) -> float:
+    """Seconds per call of ``fn`` over ``repeat`` consecutive calls (device synchronised)."""
+    _sync(device)
+    start = clock()
+    for _ in range(repeat):
+        fn()
+    _sync(device)
+    return (clock() - start) / repeat
+
+
+def interleaved(
+    samplers: list[Callable[[], float]], rounds: int, budget: float, seed: int
+) -> list[list[float]]:
+    """Samples of every sampler, one per round in a shuffled order, until ``rounds`` rounds or
+    ``budget`` wall-clock seconds (at least :data:`MIN_ROUNDS` rounds)."""
+    samples: list[list[float]] = [[] for _ in samplers]
+    order = list(range(len(samplers)))
+    shuffle = random.Random(seed)
+    start = time.perf_counter()
+    for done in range(1, rounds + 1):
+        shuffle.shuffle(order)
+        for index in order:
+            samples[index].append(samplers[index]())
+        if done >= MIN_ROUNDS and time.perf_counter() - start > budget:
+            break
+    return samples
 
 
 class _Row:
@@ -248,6 +283,7 @@ class _Row:
         self.repeat = 1
         self.times: list[float] = []
         self.count = ByteCount()
+        self.kept = 0
 
     def step(self) -> None:
         if self.optimizer is None:
@@ -255,30 +291,29 @@ class _Row:
         else:
             self.optimizer.step()
 
-    def sample(self, device: str) -> float:
-        """Seconds per step over ``repeat`` consecutive steps."""
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(self.repeat):
-            self.step()
-        _sync(device)
-        return (time.perf_counter() - start) / self.repeat
-
-    def state_bytes(self) -> float:
-        """Bytes of optimizer state per parameter (tensors of the parameter's size)."""
+    def state(self) -> list[Tensor]:
+        """The optimizer's state tensors."""
         if self.optimizer is None:
-            return 0.0
-        total = sum(
-            value.numel() * value.element_size()
+            return []
+        return [
+            value
             for state in self.optimizer.state.values()
             for value in state.values()
-            if isinstance(value, Tensor) and value.dim() > 0
-        )
-        return total / sum(p.numel() for p in self.params)
+            if isinstance(value, Tensor)
+        ]
+
+    def owned(self) -> list[Tensor]:
+        """Parameters, gradients and state: the memory a step may keep."""
+        return [*self.params, *(p.grad for p in self.params), *self.state()]
 
 
 def time_case(
-    names: list[str], case: Case, device: str, rounds: int, budget: float
+    names: list[str],
+    case: Case,
+    device: str,
+    rounds: int,
+    budget: float,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> list[dict[str, Any]]:
     """Every row's median step time and counted traffic in one case (interleaved rounds)."""
     params, grads = _make_tensors(case, device, 0), _make_tensors(case, device, 1)
@@ -287,19 +322,12 @@ def time_case(
     rows = [_Row(name, resolve(name), params, grads) for name in names]
     del params, grads
     for row in rows:
-        first = row.sample(device)  # creates the state
-        if first < SAMPLE_SECONDS:
-            row.repeat = math.ceil(SAMPLE_SECONDS / row.sample(device))
+        row.kept = kept_bytes(row.step, row.owned)  # the first step creates the state
+        row.repeat = max(1, math.ceil(SAMPLE_SECONDS / timed(row.step, device, clock)))
         row.count = count_bytes(row.step)
-    order = list(rows)
-    shuffle = random.Random(case.numel)
-    start = time.perf_counter()
-    for done in range(1, rounds + 1):
-        shuffle.shuffle(order)
-        for row in order:
-            row.times.append(row.sample(device))
-        if done >= MIN_ROUNDS and time.perf_counter() - start > budget:
-            break
+    samplers = [functools.partial(timed, row.step, device, clock, row.repeat) for row in rows]
+    for row, times in zip(rows, interleaved(samplers, rounds, budget, case.numel)):
+        row.times = times
     results = [_result(row, case) for row in rows]
     _add_ratios(results)
     return results
@@ -331,7 +359,8 @@ def _result(row: _Row, case: Case) -> dict[str, Any]:
         "uncounted": unseen,
         "aten_ops": row.count.ops,
         "c_kernels": row.count.kernels,
-        "state_bytes_per_param": row.state_bytes(),
+        "state_bytes_per_param": sum(t.numel() * t.element_size() for t in row.state()) / numel,
+        "kept_bytes_per_param": row.kept / numel,
         "base": row.entry.base,
         "rounds": len(row.times),
         "steps_per_sample": row.repeat,
@@ -373,7 +402,9 @@ def small_model(device: str) -> tuple[nn.Module, Tensor, Tensor]:
     return model, inputs, targets
 
 
-def curvature_cost(device: str, rounds: int, budget: float) -> dict[str, float]:
+def curvature_cost(
+    device: str, rounds: int, budget: float, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, float]:
     """Milliseconds per call of an LPSGDM step, a forward-backward pass, and the
     :class:`~geoptim.CurvaturePScheduler` estimators on :func:`small_model`: ``gradient`` per
     step at its default interval (10; the EMA update every step, the estimate every tenth),
@@ -405,23 +436,11 @@ def curvature_cost(device: str, rounds: int, budget: float) -> dict[str, float]:
         "gradient": gradient_steps,
         "hessian": lambda: hessian.step(loss),
     }
-    times: dict[str, list[float]] = {name: [] for name in calls}
     for call in calls.values():
         call()
-    order = list(calls)
-    shuffle = random.Random(0)
-    start = time.perf_counter()
-    for done in range(1, rounds + 1):
-        shuffle.shuffle(order)
-        for name in order:
-            _sync(device)
-            t0 = time.perf_counter()
-            calls[name]()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
-        if done >= MIN_ROUNDS and time.perf_counter() - start > budget:
-            break
-    ms = {name: statistics.median(values) * 1e3 for name, values in times.items()}
+    samplers = [functools.partial(timed, call, device, clock) for call in calls.values()]
+    samples = interleaved(samplers, rounds, budget, 0)
+    ms = {name: statistics.median(values) * 1e3 for name, values in zip(calls, samples)}
     from geoptim.curvature_schedule import DEFAULT_INTERVAL
 
     return {
@@ -430,7 +449,7 @@ def curvature_cost(device: str, rounds: int, budget: float) -> dict[str, float]:
         "gradient_ms_per_step": ms["gradient"] / interval,
         "hessian_ms_per_estimate": ms["hessian"],
         "hessian_ms_per_step": ms["hessian"] / DEFAULT_INTERVAL["hessian"],
-        "rounds": len(times["step"]),
+        "rounds": len(samples[0]),
     }
 
 
@@ -474,8 +493,9 @@ def _fmt(value: float | None, digits: int = 2, percent: bool = False) -> str:
 
 TABLE_HEAD = (
     "| optimizer | ms/step | B/param | min B/param | GB/s | % copy | % AdamW "
-    "| x SGDm foreach | x SGDm fused | x AdamW fused | x base | x fp32 | state B/param |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    "| x SGDm foreach | x SGDm fused | x AdamW fused | x base | x fp32 | state B/param "
+    "| kept B/param |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
 )
 
 
@@ -490,7 +510,8 @@ def table(results: list[dict[str, Any]]) -> str:
             f"| {_fmt(r['copy_fraction'], percent=True)} "
             f"| {_fmt(r['adamw_fraction'], percent=True)} | {_fmt(r['x_sgdm_foreach'])} "
             f"| {_fmt(r['x_sgdm_fused'])} | {_fmt(r['x_adamw_fused'])} | {_fmt(r['x_base'])} "
-            f"| {_fmt(r.get('x_fp32'))} | {_fmt(r['state_bytes_per_param'], 0)} |"
+            f"| {_fmt(r.get('x_fp32'))} | {_fmt(r['state_bytes_per_param'], 1)} "
+            f"| {_fmt(r['kept_bytes_per_param'], 1)} |"
         )
     return TABLE_HEAD + "\n".join(lines) + "\n"
 
@@ -508,7 +529,8 @@ LEGEND = (
     "`% AdamW`: the rate at minimal bytes over torch fused AdamW's at its minimal bytes; "
     "`x ...`: time ratios within the table; `x base`: an AGR row over the optimizer it wraps; "
     "`x fp32`: time per parameter over the same row's in the fp32 table at the same thread "
-    "count; `state B/param`: the optimizer's persistent state."
+    "count; `state B/param`: the optimizer's state; `kept B/param`: memory the first step "
+    "allocated and still holds outside the state (a workspace kept between steps)."
 )
 
 
@@ -597,6 +619,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "0.5 with --quick",
     )
     parser.add_argument(
+        "--clock",
+        choices=list(CLOCKS),
+        default="wall",
+        help="wall: elapsed time (default); cpu: the process's CPU time, for a machine busy "
+        "with other jobs (with several threads it sums their times, spin-waits included)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="1e6 parameters and a 0.5 s budget per case"
     )
     parser.add_argument(
@@ -632,7 +661,7 @@ def _command(args: argparse.Namespace, numel: int, budget: float) -> str:
     words += ["--tensors", str(args.tensors), "--cases", *args.cases]
     if args.device == "cpu":
         words += ["--threads", *map(str, args.threads)]
-    words += ["--rounds", str(args.rounds), "--budget", f"{budget:g}"]
+    words += ["--rounds", str(args.rounds), "--budget", f"{budget:g}", "--clock", args.clock]
     if args.optimizers:
         words += ["--optimizers", *args.optimizers]
     if args.no_curvature:
@@ -643,6 +672,8 @@ def _command(args: argparse.Namespace, numel: int, budget: float) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: CUDA is not available")
+    if args.device == "cuda" and args.clock == "cpu":
+        raise ConfigError("--clock cpu: a GPU's time is not the process's CPU time; use wall")
     notes: list[str] = []
     names = _names(args.optimizers, notes)
     outputs = {
@@ -674,7 +705,7 @@ def run(args: argparse.Namespace) -> int:
         for name in args.cases:
             case = cases[name]
             start = time.perf_counter()
-            rows = time_case(names, case, args.device, args.rounds, budget)
+            rows = time_case(names, case, args.device, args.rounds, budget, CLOCKS[args.clock])
             gc.collect()
             for row in rows:
                 row["threads"] = threads
@@ -690,7 +721,7 @@ def run(args: argparse.Namespace) -> int:
     curvature = None
     if not args.no_curvature:
         torch.set_num_threads(thread_counts[0] or torch.get_num_threads())
-        curvature = curvature_cost(args.device, args.rounds, budget)
+        curvature = curvature_cost(args.device, args.rounds, budget, CLOCKS[args.clock])
     run_info["load_end"] = os.getloadavg()[0]
     run_info["seconds"] = time.perf_counter() - started
     text = report(run_info, sections, curvature)
