@@ -238,6 +238,12 @@ def test_tiny_run_writes_markdown_and_json(tmp_path, capsys):
     assert "### bf16: 4,000 bfloat16 params in 4 flat tensors, 1 thread" in markdown
     assert "| geoptim Lion (foreach) |" in markdown and "% AdamW" in markdown
     assert "CurvaturePScheduler cost" in markdown
+    assert speed.report(payload) == markdown  # the JSON holds everything the tables show
+    summary = markdown.split("### Summary, 1 thread")[1].split("###")[0]
+    lion = next(line for line in summary.splitlines() if line.startswith("| geoptim Lion |"))
+    cells = lion.split("|")[2:-1]
+    assert len(cells) == len(speed.SUMMARY) and cells[-3].strip() == ""  # no channels_last
+    assert cells[5].strip() == f"{row['lion', 'bf16']['x_fp32']:.2f}"
 
 
 def test_missing_peers_are_skipped_with_a_note(monkeypatch):

@@ -29,8 +29,10 @@ small steps are not lost in the timer's resolution; one step for large cases); a
 counted (bytes). Then rounds time one sample of every row in a shuffled order (interleaved, so
 drift in the machine's load spreads over all rows alike) until ``--rounds`` rounds or the
 ``--budget`` seconds of the case are spent (at least three rounds); a row's time is the median
-over rounds. The cost of the :class:`~geoptim.CurvaturePScheduler` estimators is timed the same
-way on a 20k-parameter MLP.
+over rounds, by the wall clock or (``--clock cpu``, for a machine busy with other jobs) the
+process's CPU time. The cost of the :class:`~geoptim.CurvaturePScheduler` estimators is timed
+the same way on a 20k-parameter MLP. The report opens with a summary per thread count: the
+figures issue 12's targets are read from.
 """
 
 from __future__ import annotations
@@ -184,11 +186,6 @@ class Case:
     @property
     def numel(self) -> int:
         return sum(math.prod(shape) for shape in self.shapes)
-
-    def describe(self) -> str:
-        dtype = str(self.dtype).removeprefix("torch.")
-        layout = "channels_last 4-D" if self.channels_last else "flat"
-        return f"{self.numel:,} {dtype} params in {len(self.shapes)} {layout} tensors"
 
 
 CASE_NAMES = ("fp32", "bf16", "channels_last", "small")
@@ -349,6 +346,7 @@ def _result(row: _Row, case: Case) -> dict[str, Any]:
         "numel": numel,
         "tensors": len(case.shapes),
         "dtype": str(case.dtype).removeprefix("torch."),
+        "layout": "channels_last 4-D" if case.channels_last else "flat",
         "ms": seconds * 1e3,
         "ns_per_param": seconds * 1e9 / numel,
         "bytes_per_param": counted,
@@ -516,9 +514,48 @@ def table(results: list[dict[str, Any]]) -> str:
     return TABLE_HEAD + "\n".join(lines) + "\n"
 
 
-def _section(case: Case, threads: int | None) -> str:
-    where = "GPU" if threads is None else f"{threads} thread{'s' * (threads > 1)}"
-    return f"{case.name}: {case.describe()}, {where}"
+def _threads(threads: int | None) -> str:
+    return "GPU" if threads is None else f"{threads} thread{'s' * (threads > 1)}"
+
+
+def title(row: dict[str, Any]) -> str:
+    """What a result row's table measured: case, tensors, thread count."""
+    return (
+        f"{row['case']}: {row['numel']:,} {row['dtype']} params in {row['tensors']} "
+        f"{row['layout']} tensors, {_threads(row['threads'])}"
+    )
+
+
+#: The summary's columns: (heading, case, figure).
+SUMMARY = (
+    ("fp32 % AdamW", "fp32", "adamw_fraction"),
+    ("fp32 x SGDm foreach", "fp32", "x_sgdm_foreach"),
+    ("fp32 x SGDm fused", "fp32", "x_sgdm_fused"),
+    ("fp32 x AdamW fused", "fp32", "x_adamw_fused"),
+    ("fp32 x base", "fp32", "x_base"),
+    ("bf16 x fp32", "bf16", "x_fp32"),
+    ("channels_last x fp32", "channels_last", "x_fp32"),
+    ("small x SGDm foreach", "small", "x_sgdm_foreach"),
+    ("fp32 kept B/param", "fp32", "kept_bytes_per_param"),
+)
+
+
+def summary(results: list[dict[str, Any]], threads: int | None) -> str:
+    """One line per optimizer at one thread count: the figures issue 12's targets are read
+    from, gathered from the case tables."""
+    by_key = {(r["name"], r["case"]): r for r in results if r["threads"] == threads}
+    names = [n for n in dict.fromkeys(r["name"] for r in results) if n not in REFERENCES[:1]]
+    head = "| optimizer | " + " | ".join(h for h, _, _ in SUMMARY) + " |\n"
+    head += "|---|" + "---:|" * len(SUMMARY) + "\n"
+    lines = []
+    for name in names:
+        cells = []
+        for _, case, key in SUMMARY:
+            value = by_key.get((name, case), {}).get(key)
+            cells.append(_fmt(value, percent=key == "adamw_fraction"))
+        label = next(r["label"] for r in results if r["name"] == name)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
 
 
 LEGEND = (
@@ -534,13 +571,10 @@ LEGEND = (
 )
 
 
-def report(
-    run_info: dict[str, Any],
-    sections: list[tuple[str, list[dict[str, Any]]]],
-    curvature: dict[str, float] | None,
-) -> str:
-    """The whole run as Markdown: how it was made, one table per case and thread count, the
-    scheduler's cost."""
+def report(payload: dict[str, Any]) -> str:
+    """A run (the ``--json`` payload) as Markdown: how it was made, a summary per thread count,
+    one table per case and thread count, the scheduler's cost."""
+    run_info, results, curvature = payload["run"], payload["results"], payload["curvature"]
     parts = [
         f"## `geoptim speed`, {run_info['date']}",
         "",
@@ -552,11 +586,16 @@ def report(
         "",
         LEGEND,
     ]
-    for title, rows in sections:
-        parts += ["", f"### {title}", "", table(rows)]
+    sections: dict[tuple[Any, str], list[dict[str, Any]]] = {}
+    for row in results:
+        sections.setdefault((row["threads"], row["case"]), []).append(row)
+    for threads in dict.fromkeys(threads for threads, _ in sections):
+        parts += ["", f"### Summary, {_threads(threads)}", "", summary(results, threads)]
+    for rows in sections.values():
+        parts += ["", f"### {title(rows[0])}", "", table(rows)]
     if curvature is not None:
-        title = "CurvaturePScheduler cost (a 20-tensor, 19,800-parameter MLP)"
-        parts += ["", f"### {title}", "", curvature_table(curvature)]
+        heading = "CurvaturePScheduler cost (a 20-tensor, 19,800-parameter MLP)"
+        parts += ["", f"### {heading}", "", curvature_table(curvature)]
     return "\n".join(parts) + "\n"
 
 
@@ -697,8 +736,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{run_info['command']}: {stamp}; {run_info['machine']}", flush=True)
     for note in notes:
         print(f"note: {note}", flush=True)
-    results, sections = [], []
-    total = len(thread_counts) * len(args.cases)
+    results: list[dict[str, Any]] = []
+    total, done = len(thread_counts) * len(args.cases), 0
     for threads in thread_counts:
         if threads is not None:
             torch.set_num_threads(threads)
@@ -710,10 +749,9 @@ def run(args: argparse.Namespace) -> int:
             for row in rows:
                 row["threads"] = threads
             results += rows
-            title = _section(case, threads)
-            sections.append((title, rows))
+            done += 1
             print(
-                f"[{len(sections)}/{total}] {title}: {len(rows)} rows, {rows[0]['rounds']} "
+                f"[{done}/{total}] {title(rows[0])}: {len(rows)} rows, {rows[0]['rounds']} "
                 f"rounds, {time.perf_counter() - start:.1f} s",
                 flush=True,
             )
@@ -724,12 +762,12 @@ def run(args: argparse.Namespace) -> int:
         curvature = curvature_cost(args.device, args.rounds, budget, CLOCKS[args.clock])
     run_info["load_end"] = os.getloadavg()[0]
     run_info["seconds"] = time.perf_counter() - started
-    text = report(run_info, sections, curvature)
+    payload = {"run": run_info, "results": results, "curvature": curvature}
+    text = report(payload)
     print(text, flush=True)
     if outputs["--markdown"]:
         outputs["--markdown"].write_text(text)
     if outputs["--json"]:
-        payload = {"run": run_info, "results": results, "curvature": curvature}
         outputs["--json"].write_text(json.dumps(payload, indent=1))
     return 0
 
@@ -745,8 +783,10 @@ __all__ = [
     "curvature_cost",
     "hardware",
     "make_cases",
+    "report",
     "resolve",
     "run",
+    "summary",
     "table",
     "time_case",
 ]
