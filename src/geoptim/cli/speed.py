@@ -402,7 +402,7 @@ def small_model(device: str) -> tuple[nn.Module, Tensor, Tensor]:
 
 def curvature_cost(
     device: str, rounds: int, budget: float, clock: Callable[[], float] = time.perf_counter
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Milliseconds per call of an LPSGDM step, a forward-backward pass, and the
     :class:`~geoptim.CurvaturePScheduler` estimators on :func:`small_model`: ``gradient`` per
     step at its default interval (10; the EMA update every step, the estimate every tenth),
@@ -451,7 +451,7 @@ def curvature_cost(
     }
 
 
-def curvature_table(cost: dict[str, float]) -> str:
+def curvature_table(cost: dict[str, Any]) -> str:
     step = cost["step_ms"]
     rows = [
         ("LPSGDM step (the unit)", step),
@@ -594,7 +594,10 @@ def report(payload: dict[str, Any]) -> str:
     for rows in sections.values():
         parts += ["", f"### {title(rows[0])}", "", table(rows)]
     if curvature is not None:
-        heading = "CurvaturePScheduler cost (a 20-tensor, 19,800-parameter MLP)"
+        heading = (
+            "CurvaturePScheduler cost (a 20-tensor, 19,800-parameter MLP, "
+            f"{_threads(curvature['threads'])})"
+        )
         parts += ["", f"### {heading}", "", curvature_table(curvature)]
     return "\n".join(parts) + "\n"
 
@@ -758,8 +761,10 @@ def run(args: argparse.Namespace) -> int:
     _add_case_ratios(results)
     curvature = None
     if not args.no_curvature:
-        torch.set_num_threads(thread_counts[0] or torch.get_num_threads())
+        if thread_counts[0] is not None:
+            torch.set_num_threads(thread_counts[0])
         curvature = curvature_cost(args.device, args.rounds, budget, CLOCKS[args.clock])
+        curvature["threads"] = thread_counts[0]
     run_info["load_end"] = os.getloadavg()[0]
     run_info["seconds"] = time.perf_counter() - started
     payload = {"run": run_info, "results": results, "curvature": curvature}
