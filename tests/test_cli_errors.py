@@ -240,9 +240,7 @@ def test_bad_command_line_is_one_error_line_and_no_work(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     argv = command.split()
-    if argv[0] in ("bench", "tune", "curvature") and not any(
-        a.startswith("--out") for a in argv
-    ):
+    if argv[0] in ("bench", "tune", "curvature") and not any(a.startswith("--out") for a in argv):
         argv += ["--out", "out"]
     before = _files(workdir)
     assert cli.main(argv) == 2
