@@ -23,7 +23,6 @@ count incomplete instead of reporting a figure that is too small.
 from __future__ import annotations
 
 import contextlib
-import gc
 import sys
 import weakref
 from collections.abc import Callable, Iterator
@@ -199,11 +198,12 @@ class _Allocations(TorchDispatchMode):
 def kept_bytes(fn: Callable[[], Any], owned: Callable[[], list[Tensor]]) -> int:
     """Bytes of the memory that ``fn`` allocates and still holds when it returns, beyond the
     tensors ``owned()`` lists afterwards (an optimizer's parameters, gradients and state): a
-    workspace kept between steps. Each storage counts once, whole."""
+    workspace kept between steps. Each storage counts once, whole. Temporaries are freed by
+    reference counting as ``fn`` returns (no ``gc.collect()``: with torch loaded it costs half a
+    second; a temporary caught in a reference cycle would count as kept)."""
     allocations = _Allocations()
     with allocations:
         fn()
-    gc.collect()
     exclude = {t.untyped_storage().data_ptr() for t in owned()}
     kept = {}
     for ref in allocations.created:
