@@ -331,6 +331,7 @@ def time_case(
 
 
 def _result(row: _Row, case: Case) -> dict[str, Any]:
+    """One row's figures in one case (the ratios to other rows are added afterwards)."""
     seconds = statistics.median(row.times)
     numel = case.numel
     element = torch.empty((), dtype=case.dtype).element_size()
