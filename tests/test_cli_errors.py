@@ -169,16 +169,19 @@ CASES = [
     bad("train --backend mpi2", "argument --backend: invalid choice"),
     bad("train --backend nccl", "--backend nccl needs CUDA", marks=NO_CUDA),
     # speed
-    bad("speed --sizes 0", "argument --sizes: expected a size >= 1"),
-    bad("speed --sizes abc", "argument --sizes: expected a size >= 1"),
-    bad("speed --sizes inf", "argument --sizes: expected a size >= 1"),
+    bad("speed --numel 0", "argument --numel: expected a size >= 1"),
+    bad("speed --numel abc", "argument --numel: expected a size >= 1"),
+    bad("speed --numel inf", "argument --numel: expected a size >= 1"),
     bad("speed --tensors 0", "argument --tensors: expected a positive integer"),
     bad("speed --rounds 0", "argument --rounds: expected a positive integer"),
-    bad("speed --threads -1", "argument --threads: expected a positive integer"),
+    bad("speed --threads 1 -1", "argument --threads: expected a positive integer"),
     bad("speed --budget -1", "argument --budget: expected a positive number"),
     bad("speed --budget NaN", "argument --budget: expected a positive number"),
+    bad("speed --cases fp16", "argument --cases: invalid choice: 'fp16'"),
     bad("speed --optimizers nope", "unknown row 'nope'"),
-    bad("speed --optimizers copy --out afile", "afile is a file, not a directory"),
+    bad("speed --optimizers sgdm_fused:foreach", "':foreach' applies to geoptim optimizers"),
+    bad("speed --json afile/x.json", "afile is a file, not a directory"),
+    bad("speed --markdown empty", "--markdown empty is a directory; expected a file name"),
     bad("speed --device cuda", "CUDA is not available", marks=NO_CUDA),
     bad("nosuchcommand", "argument COMMAND: invalid choice: 'nosuchcommand'"),
 ]
@@ -218,7 +221,7 @@ def no_work(monkeypatch):
     for module, name in (
         (runner, "execute"),
         (tune, "tune"),
-        (speed, "time_size"),
+        (speed, "time_case"),
         (experiments, "curvature_experiment"),
         (train, "init_from_env"),
         (train, "wrap_model"),
@@ -237,9 +240,7 @@ def test_bad_command_line_is_one_error_line_and_no_work(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     argv = command.split()
-    if argv[0] in ("bench", "tune", "curvature", "speed") and not any(
-        a.startswith("--out") for a in argv
-    ):
+    if argv[0] in ("bench", "tune", "curvature") and not any(a.startswith("--out") for a in argv):
         argv += ["--out", "out"]
     before = _files(workdir)
     assert cli.main(argv) == 2
