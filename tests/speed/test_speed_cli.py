@@ -105,10 +105,10 @@ def test_every_row_is_counted_and_moves_at_least_its_minimum(case):
 
 
 def test_a_kernel_without_a_declaration_is_reported_unseen(monkeypatch):
-    monkeypatch.delitem(KERNEL_ACCESS, "interp")
+    monkeypatch.delitem(KERNEL_ACCESS, "lion")
     optimizer = geoptim.Lion(_params(1), weight_decay=0.1)
     count = count_bytes(optimizer.step)
-    assert count.unseen == ["C kernel 'interp'"] and count.kernels == 1
+    assert count.unseen == ["C kernel 'lion'"] and count.kernels == 1
     assert _compiled.launch.__module__ == "geoptim._compiled"  # the patch is undone
 
 
@@ -147,6 +147,7 @@ def _kernel_calls(monkeypatch):
     for make in (
         lambda ps: geoptim.Lion(ps, weight_decay=0.1),
         lambda ps: geoptim.SepNorm(ps, weight_decay=0.1),
+        lambda ps: geoptim.OrtSepNorm(ps, weight_decay=0.1),
         lambda ps: geoptim.LPSGDM(ps, p=6.0, weight_decay=0.1),
         lambda ps: geoptim.Adan(ps, weight_decay=0.02),
         lambda ps: geoptim.AdanAGR(ps, weight_decay=0.02),

@@ -35,11 +35,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 #: Each C kernel's tensor lists, in ``launch``'s order: ``"r"`` loaded, ``"w"`` stored,
 #: ``"rw"`` both (every element once per call).
 KERNEL_ACCESS: dict[str, tuple[str, ...]] = {
-    "interp": ("rw", "r", "rw"),  # w, g, m
-    "split": ("r", "rw", "w"),  # g, m, u
-    "scaled": ("rw", "r"),  # w, u
+    "lion": ("rw", "r", "rw"),  # w, g, m
+    "lion_sums": ("r", "r", "r"),  # g, m, w (w only for the orthogonal sums)
+    "lion_scaled": ("rw", "r", "rw"),  # w, g, m
     "lp": ("rw", "r", "rw"),  # w, g, buf
     "adan": ("rw", "r", "rw", "rw", "rw", "rw"),  # w, g, m, d, n, g_prev
+    "abs_sums": ("r",),  # g
     "agr": ("r", "w"),  # g, out
 }
 
