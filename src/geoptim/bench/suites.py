@@ -73,10 +73,13 @@ class Experiment:
     budget: dict[str, Any] = field(default_factory=dict)
     kind: str = "train"
     lr_wd: tuple[float, ...] = ()
+    lr_scale: tuple[float, ...] = ()
 
     @property
     def is_sweep(self) -> bool:
-        return bool(self.lr_wd) or any(callable(variant) or variant for variant in self.variants)
+        return bool(self.lr_wd or self.lr_scale) or any(
+            callable(variant) or variant for variant in self.variants
+        )
 
 
 def agr_until_fraction(fraction: float) -> VariantFn:
@@ -141,6 +144,66 @@ def _agr(seeds: int) -> tuple[Experiment, ...]:
     )
 
 
+SEPNORM_VS = ("adamw", "adamw_agr", "lion", "sepnorm")
+"""The transformer tasks' arms: the SepNorm paper's ViT and T5 tables (AdamW, Lion, SepNorm)
+and the AGR paper's TinyViT and ALBERT runs (AdamW with and without AGR)."""
+CHARLM_WD = (0.0, 1.0)
+"""The AGR paper's ALBERT weight-decay sweep (its table 6: 0 to 1e-2 beside the default) as
+AdamW weight decays beside the preset's 0.1: none and ten times the preset."""
+BATCH_SCALES = (4, 8)
+"""The SepNorm paper's table 2 (batch 64 / 256 / 512) as multiples of MNIST-1D's batch of 100,
+the lr scaled by the same factor; the factor 1 is the ``others`` comparison."""
+NEW_TASK_SEEDS = 10
+
+
+def _new_tasks(seeds: int) -> tuple[Experiment, ...]:
+    """The analogs of the papers' language, vision-transformer, diffusion and batch-size
+    experiments, and LPSGD vs plain SGD (the LPSGD paper's fig. 2), at CPU budgets (each
+    run ~2-9 s single-thread)."""
+    charlm_budget = {"steps": 200, "eval_every": 100}
+    return (
+        Experiment("transformers", "charlm", SEPNORM_VS, seeds=seeds, budget=charlm_budget),
+        Experiment(
+            "agr-wd",
+            "charlm",
+            AGR,
+            seeds=5,
+            budget=charlm_budget,
+            variants=tuple({"weight_decay": wd} for wd in CHARLM_WD),
+        ),
+        Experiment("transformers", "vit", SEPNORM_VS, seeds=seeds, budget={"epochs": 15}),
+        Experiment(
+            "agr",
+            "ddpm",
+            ADAN,
+            seeds=seeds,
+            budget=DDPM_BUDGET,
+        ),
+        Experiment(
+            "agr-late",
+            "ddpm",
+            ("adan_agr",),
+            seeds=seeds,
+            budget=DDPM_BUDGET,
+            variants=(agr_until_fraction(0.6),),  # the AGR paper: epoch 1200 of 2000
+        ),
+        *(
+            Experiment(
+                "batch-size",
+                "mnist1d",
+                ("adamw", "sepnorm"),
+                seeds=seeds,
+                task_overrides={"batch_size": 100 * factor},
+                lr_scale=(float(factor),),
+            )
+            for factor in BATCH_SCALES
+        ),
+        Experiment("lpsgd-vs-sgd", "digits", ("lpsgd", "sgd"), seeds=seeds),
+    )
+
+
+DDPM_BUDGET = {"steps": 1500, "eval_every": 750}
+
 QUICK_SEEDS = 10
 STANDARD_SEEDS = 20
 
@@ -179,6 +242,7 @@ SUITES: dict[str, tuple[Experiment, ...]] = {
         Experiment(
             "quadratic", "quadratic", QUADRATIC, seeds=3, task_overrides={"problem": "weak"}
         ),
+        *_new_tasks(NEW_TASK_SEEDS),
     ),
     "full": (
         Experiment("grokking", "grokking", (*GROKKING, "lpsgdm", "adamw_agr"), seeds=20),
@@ -336,6 +400,8 @@ def _variants(
     if exp.lr_wd:
         # rounded to 12 significant digits: 5e-3 / 0.1 is 0.05, not 0.049999999999999996
         return [{"weight_decay": float(f"{value / float(base['lr']):.12g}")} for value in exp.lr_wd]
+    if exp.lr_scale:
+        return [{"lr": float(f"{factor * float(base['lr']):.12g}")} for factor in exp.lr_scale]
     return [
         variant(task, budget) if callable(variant) else dict(variant) for variant in exp.variants
     ]
