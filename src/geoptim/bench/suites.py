@@ -14,7 +14,15 @@ so every comparison is a paired test over the seeds both arms ran.
 * ``standard`` (<= 60 min on 2 cores): 20 seeds for the same comparisons, AdamW / Lion /
   SepNorm beside them, the p_max sweep, the grokking MLP's weight-decay sweep (the
   same ``lr * wd`` values for every optimizer) and the canonical one-layer transformer (one seed
-  per optimizer: a 3000-step run costs ~14 CPU-min, so its rows are descriptive).
+  per optimizer: a 3000-step run costs ~14 CPU-min, so its rows are descriptive), and the
+  analogs of the papers' other experiments (:func:`_new_tasks`, ~19 CPU-min by the tasks'
+  estimates, 10 paired seeds per arm): AdamW, AdamW-AGR, Lion and SepNorm on the character
+  language model (ALBERT / T5) with AdamW's weight-decay sweep at 5 seeds, and on the tiny ViT
+  (SepNorm's ViT table, AGR's TinyViT); Adan with and without AGR and AGR stopped at 60% of the
+  steps on the DDPM (2-D moons); AdamW vs SepNorm at MNIST-1D batch 400 and 800 with the lr
+  scaled linearly (SepNorm's table 2); LPSGD vs plain SGD on digits (LPSGD's fig. 2). The
+  quadratic's records also feed SepNorm's lower-bound checks. ``quick`` has none of these:
+  its 10-minute budget has no room left.
 * ``full``: GPU scale (CIFAR-10/100, the transformer with 10 seeds, curvature and momentum
   tracing), the same protocol.
 
@@ -33,6 +41,11 @@ that fitted, so no spread to plan from. Hence the floors: 10 paired seeds in ``q
 one sd of the differences), 20 in ``standard`` (enough for the MNIST-1D step-size control at
 the pilot's spread); on digits no CPU suite reaches the paper's 0.68 points, and the report says
 so (*underpowered*, with the MDE reached).
+
+The new tasks had no pilot: 10 paired seeds is the floor of ``quick`` (an MDE of about one sd
+of the differences) at the budgets that fit (charlm 200 steps, the ViT 15 epochs, the DDPM 1500
+steps); their first records' ``n for paper`` is the power analysis for the next suite. The
+charlm weight-decay sweep's 5 seeds make its rows descriptive.
 """
 
 from __future__ import annotations
