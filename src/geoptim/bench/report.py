@@ -1,10 +1,11 @@
-"""``DIR/report.md`` (+ PNGs and ``claims.json``), rebuilt from the records alone. First the claims
-table (effect, 95% interval, minimum detectable effect, verdict, n, the rule) with a forest plot of
-every claim. Then per task: the end-of-budget summary (test accuracy, test NLL, the mean test
-accuracy over the run), test accuracy and train NLL at checkpoints (mean ± sample std over seeds,
-best mean in bold), the language model's test bits per character and the diffusion model's test
-distances (sliced Wasserstein, MMD², Fréchet) at the same checkpoints with their floors, time to a
-target accuracy in steps and seconds, learning curves; grokking times and gaps (censored runs
+"""``DIR/report.md`` (+ PNGs and ``claims.json``), rebuilt from the records alone.
+
+First the claims table (effect, 95% interval, minimum detectable effect, verdict, n, the rule) with
+a forest plot of every claim. Then per task: the end-of-budget summary (test accuracy, test NLL, the
+mean test accuracy over the run), test accuracy and train NLL at checkpoints (mean ± sample std over
+seeds, best mean in bold), the language model's test bits per character and the diffusion model's
+test distances (sliced Wasserstein, MMD², Fréchet) at the same checkpoints with their floors, time
+to a target accuracy in steps and seconds, learning curves; grokking times and gaps (censored runs
 counted), gap against lr·wd; quadratic trajectories. Validation metrics are never reported as
 results (they are for tuning).
 """
