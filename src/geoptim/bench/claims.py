@@ -88,29 +88,28 @@ PAIRED_METRICS = {
 """The paired metrics by name; :func:`primary_metric` picks one per section."""
 
 RULE = f"""\
-**Rule.** Each row compares a treatment with a control on one pre-stated primary metric, signed
-so that a positive effect is the direction the claim states. Test accuracy at the end of the
-budget (points), and test bits per character, sliced Wasserstein or Fréchet distance (lower is
-better; in percent of the control's mean, positive: the treatment lower): paired t-test over
-the seeds both arms ran (seed k: same initialisation and data order), Welch's t-test when the
-arms share fewer than two seeds; the effect is the mean difference with its 95% interval.
-Grokking: the step at which test accuracy first reaches τ, a time-to-event; a run that never
-reaches it (fitted or not) is censored at its budget, none is dropped; log-rank test, the
-effect is the Peto log hazard ratio (positive: the treatment generalises sooner) with its 95%
-interval. The p-values of all rows of the suite are
-Holm-adjusted. MDE: the smallest true effect the test detects with {POWER:.0%} power at α =
-{ALPHA} (two-sided), for the n and spread measured (noncentral t; normal for the log-rank). The
-verdict is the first that applies: *{EQUIVALENT}*: TOST at α = {ALPHA}, i.e. the 90% interval
-inside ±margin (a difference too small to matter, significant or not); *{REPRODUCED}*: Holm p <
-α and the effect positive; *{REFUTED}*: Holm p < α and the effect negative; *{UNDERPOWERED}*:
-the MDE exceeds the paper's effect (or fewer than two values per arm), so the run could not
-have seen it; *{NOT_REPRODUCED}*: none of these, with an MDE at or below the paper's effect, so
-an effect as large as the paper's would probably have been seen. "n for paper" is the number of
-seeds per arm that would give {POWER:.0%} power for the paper's effect at the spread measured
-(the pilot power analysis; for the log-rank scaled from the information measured). A theorem's
-lower bound on the quadratic is a known answer, not a test, and outside the Holm correction:
-*{REPRODUCED}* when every run's late loss is at or above the bound, *{REFUTED}* when one is
-below; its effect is the smallest log(late loss / bound) over the runs, with the range."""
+**Rule.** Each row compares a treatment with a control on one pre-stated primary metric, signed so
+that a positive effect is the direction the claim states. Test accuracy at the end of the budget
+(points), and test bits per character, sliced Wasserstein or Fréchet distance (lower is better; in
+percent of the control's mean, positive: the treatment lower): paired t-test over the seeds both
+arms ran (seed k: same initialisation and data order), Welch's t-test when the arms share fewer than
+two seeds; the effect is the mean difference with its 95% interval. Grokking: the step at which test
+accuracy first reaches τ, a time-to-event; a run that never reaches it (fitted or not) is censored
+at its budget, none is dropped; log-rank test, the effect is the Peto log hazard ratio (positive:
+the treatment generalises sooner) with its 95% interval. The p-values of all rows of the suite are
+Holm-adjusted. MDE: the smallest true effect the test detects with {POWER:.0%} power at α = {ALPHA}
+(two-sided), for the n and spread measured (noncentral t; normal for the log-rank). The verdict is
+the first that applies: *{EQUIVALENT}*: TOST at α = {ALPHA}, i.e. the 90% interval inside ±margin (a
+difference too small to matter, significant or not); *{REPRODUCED}*: Holm p < α and the effect
+positive; *{REFUTED}*: Holm p < α and the effect negative; *{UNDERPOWERED}*: the MDE exceeds the
+paper's effect (or fewer than two values per arm), so the run could not have seen it;
+*{NOT_REPRODUCED}*: none of these, with an MDE at or below the paper's effect, so an effect as large
+as the paper's would probably have been seen. "n for paper" is the number of seeds per arm that
+would give {POWER:.0%} power for the paper's effect at the spread measured (the pilot power
+analysis; for the log-rank scaled from the information measured). A theorem's lower bound on the
+quadratic is a known answer, not a test, and outside the Holm correction: *{REPRODUCED}* when every
+run's late loss is at or above the bound, *{REFUTED}* when one is below; its effect is the smallest
+log(late loss / bound) over the runs, with the range."""
 
 
 @dataclass(frozen=True)
