@@ -321,7 +321,8 @@ def _section(section: Section, out_dir: Path) -> str:
     for metric, title, digits in LOWER_IS_BETTER:
         table = metric_table(section, metric, 1.0, digits, higher_is_better=False)
         if table:
-            parts += [f"### {title} (lower is better)\n", floor_note(section, metric), table, ""]
+            floor = floor_note(section, metric)
+            parts += [f"### {title} (lower is better)\n", *([floor] if floor else []), table, ""]
     if section.task == "grokking":
         table = grokking_table(section)
         if table:
