@@ -280,3 +280,22 @@ def test_forest_plot_draws_unbounded_intervals(tmp_path):
     assert (tmp_path / "f.png").stat().st_size > 1000
     nan = ClaimRow(**{**row.to_dict(), "effect": math.nan})
     assert not plots.forest([nan], tmp_path / "g.png", "t")
+
+
+def test_bits_per_char_and_distance_tables_with_floors(tmp_path):
+    recs = []
+    for seed, (bpc, swd) in enumerate([(2.5, 0.020), (2.7, 0.030)]):
+        for task, metric, value, extra in (
+            ("charlm", "test_bpc", bpc, {}),
+            ("ddpm", "test_swd", swd, {"floor_test_swd": 0.0123}),
+        ):
+            rec = record(task, "adamw", seed, steps=[0, 10], train_loss=[3.0, 1.0], extra=extra)
+            rec["result"]["curves"][metric] = [9.0, value]
+            rec["result"]["final"][metric] = value
+            recs.append(rec)
+    write_all(tmp_path, recs)
+    text = build_report(tmp_path).read_text(encoding="utf-8")
+    assert cell(block(text, "### Test bits per character"), "adamw", -1) == "**2.600 ± 0.141**"
+    assert cell(block(text, "### Test sliced Wasserstein"), "adamw", -1) == "**0.0250 ± 0.0071**"
+    assert "Floor (the training data itself against the test data): 0.0123." in text
+    assert "charlm_curves.png" in text and (tmp_path / "ddpm_curves.png").exists()

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from geoptim.bench import suites
+from geoptim.bench import claims, suites
 from geoptim.bench.presets import Presets
 from geoptim.bench.records import RunSpec
+from geoptim.bench.results import Series
 from geoptim.bench.suites import build_specs, select
 from geoptim.cli.common import make_task
 
@@ -131,3 +132,77 @@ def test_seeds_for_power_reads_the_pilot(tmp_path):
         ("LPSGDM beats SGD with momentum", "digits"): 31,
         ("AGR improves AdamW", "digits"): None,
     }
+
+
+def _series_by_task(specs: list[RunSpec]) -> dict[str, list[Series]]:
+    """The suite's series (one per task label and setting), as the claims see them."""
+    found: dict[tuple[str, str], Series] = {}
+    for spec in specs:
+        found.setdefault(
+            (spec.task_label, spec.label),
+            Series(spec.label, spec.optimizer, spec.variant, spec.preset, spec.hparams),
+        )
+    by_task: dict[str, list[Series]] = {}
+    for (task, _), series in found.items():
+        by_task.setdefault(task, []).append(series)
+    return by_task
+
+
+NEW_TASK_CLAIMS = {  # claim -> the task labels of the standard suite it must be tested on
+    "LPSGD beats plain SGD": {"digits"},
+    "SepNorm beats Lion": {"digits", "mnist1d", "vit"},
+    "SepNorm beats AdamW": {"digits", "mnist1d", "vit"},
+    "SepNorm beats AdamW at a larger batch, lr scaled linearly": {
+        "mnist1d[batch_size=400]",
+        "mnist1d[batch_size=800]",
+    },
+    "AGR improves AdamW": {"digits", "vit"},
+    "AGR improves AdamW (language model)": {"charlm"},
+    "AGR improves AdamW at weight decay 0 (language model)": {"charlm"},
+    "AGR improves AdamW at weight decay 1 (language model)": {"charlm"},
+    "SepNorm beats Lion (language model)": {"charlm"},
+    "SepNorm beats AdamW (language model)": {"charlm"},
+    "AGR improves Adan (diffusion)": {"ddpm"},
+    "Stopping AGR late helps (Adan-AGR, diffusion)": {"ddpm"},
+}
+
+
+def test_standard_runs_both_arms_of_every_new_claim_on_its_tasks():
+    by_task = _series_by_task(_specs("standard"))
+    for name, tasks in NEW_TASK_CLAIMS.items():
+        for claim in (c for c in claims.CLAIMS if c.name == name):
+            for task in tasks:
+                if claim.metric == claims.FD:
+                    continue  # ddpm on digits: the full suite's
+                series = by_task[task]
+                assert any(claim.treatment.matches(s) for s in series), (name, task)
+                assert any(claim.control.matches(s) for s in series), (name, task)
+
+
+def test_new_tasks_have_ten_paired_seeds_and_fit_the_budget():
+    specs = build_specs(suites._new_tasks(suites.NEW_TASK_SEEDS), Presets(), "standard", make_task)
+    for (task, label), seeds in _seeds(specs).items():
+        least = 5 if task == "charlm" and "weight_decay" in label else 10
+        assert seeds == set(range(len(seeds))) and len(seeds) >= least, (task, label)
+    tasks: dict[str, object] = {}
+    seconds = 0.0
+    for spec in specs:
+        task = tasks.setdefault(spec.task_label, make_task(spec.task, spec.task_overrides))
+        seconds += suites.estimated_seconds(spec, task)
+    assert seconds <= 25 * 60
+    assert not {s.task for s in _specs("quick")} & {"charlm", "vit", "ddpm"}
+
+
+def test_batch_size_scales_the_lr_linearly_and_agr_stops_at_60_percent():
+    specs = _specs("standard")
+    base = {
+        s.optimizer: s.hparams["lr"] for s in specs if s.task_label == "mnist1d" and not s.variant
+    }
+    scaled = [s for s in specs if s.task_label.startswith("mnist1d[batch_size=")]
+    assert {s.task_overrides["batch_size"] for s in scaled} == {400, 800}
+    for s in scaled:
+        factor = s.task_overrides["batch_size"] / 100
+        assert s.hparams["lr"] == pytest.approx(factor * base[s.optimizer]), s.label
+        assert s.variant == {"lr": s.hparams["lr"]}
+    late = {s.hparams["agr_until"] for s in specs if s.task == "ddpm" and s.variant}
+    assert late == {round(0.6 * 1500)}

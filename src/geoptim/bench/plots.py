@@ -49,9 +49,16 @@ def _band(ax: Axes, series: Series, metric: str, axis: str, scale: float = 1.0) 
 
 
 def learning_curves(section: Section, series: Sequence[Series], path: Path, title: str) -> bool:
-    """Train NLL (log scale) and test accuracy against steps or epochs, mean ± std band."""
+    """Train NLL (log scale), test accuracy and, where recorded, test bits per character or the
+    diffusion model's distance against steps or epochs, mean ± std band."""
     axis = x_axis(section)
-    panels = [("train_loss", "train NLL", 1.0), ("test_acc", "test accuracy (%)", 100.0)]
+    panels = [
+        ("train_loss", "train NLL", 1.0),
+        ("test_acc", "test accuracy (%)", 100.0),
+        ("test_bpc", "test bits per char", 1.0),
+        ("test_swd", "test sliced Wasserstein", 1.0),
+        ("test_fd", "test Fréchet distance", 1.0),
+    ]
     panels = [p for p in panels if any(s.curve(p[0], axis) is not None for s in series)]
     if not panels:
         return False

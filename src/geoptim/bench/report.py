@@ -1,11 +1,13 @@
 """``DIR/report.md`` (+ PNGs and ``claims.json``), rebuilt from the records alone.
 
-First the claims table (effect, 95% interval, minimum detectable effect, verdict, n, the rule)
-with a forest plot of every claim. Then per task: the end-of-budget summary (test accuracy, test
-NLL, the mean test accuracy over the run), test accuracy and train NLL at checkpoints (mean ±
-sample std over seeds, best mean in bold), time to a target accuracy in steps and seconds,
-learning curves; grokking times and gaps (censored runs counted), gap against lr·wd; quadratic
-trajectories. Validation metrics are never reported as results (they are for tuning).
+First the claims table (effect, 95% interval, minimum detectable effect, verdict, n, the rule) with
+a forest plot of every claim. Then per task: the end-of-budget summary (test accuracy, test NLL, the
+mean test accuracy over the run), test accuracy and train NLL at checkpoints (mean ± sample std over
+seeds, best mean in bold), the language model's test bits per character and the diffusion model's
+test distances (sliced Wasserstein, MMD², Fréchet) at the same checkpoints with their floors, time
+to a target accuracy in steps and seconds, learning curves; grokking times and gaps (censored runs
+counted), gap against lr·wd; quadratic trajectories. Validation metrics are never reported as
+results (they are for tuning).
 """
 
 from __future__ import annotations
@@ -139,6 +141,24 @@ def metric_table(
         note = f" ({s.diverged()} diverged)" if s.diverged() else ""
         lines.append(f"| {s.label}{note} | {s.n} | " + " | ".join(shown) + " |")
     return "\n".join(lines)
+
+
+LOWER_IS_BETTER = (
+    ("test_bpc", "Test bits per character", 3),
+    ("test_swd", "Test sliced Wasserstein distance", 4),
+    ("test_mmd2", "Test MMD² (Gaussian kernel)", 5),
+    ("test_fd", "Test Fréchet distance (features of the task's digits classifier)", 2),
+)
+"""The language model's and the diffusion model's test metrics: (key, title, decimals)."""
+
+
+def floor_note(section: Section, metric: str) -> str:
+    """The metric's floor recorded by the task (``extra["floor_<metric>"]``: the training data
+    against the test data), or ``""``."""
+    floors = [f for s in section.series for f in s.extra(f"floor_{metric}") if f is not None]
+    if not floors:
+        return ""
+    return f"Floor (the training data itself against the test data): {floors[0]:.4g}.\n"
 
 
 def summary_table(section: Section) -> str | None:
@@ -298,6 +318,11 @@ def _section(section: Section, out_dir: Path) -> str:
     nll = metric_table(section, "train_loss", 1.0, 4, higher_is_better=False)
     if nll:
         parts += ["### Train NLL\n" if acc else "### Train loss\n", nll, ""]
+    for metric, title, digits in LOWER_IS_BETTER:
+        table = metric_table(section, metric, 1.0, digits, higher_is_better=False)
+        if table:
+            floor = floor_note(section, metric)
+            parts += [f"### {title} (lower is better)\n", *([floor] if floor else []), table, ""]
     if section.task == "grokking":
         table = grokking_table(section)
         if table:

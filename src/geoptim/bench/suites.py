@@ -14,7 +14,15 @@ so every comparison is a paired test over the seeds both arms ran.
 * ``standard`` (<= 60 min on 2 cores): 20 seeds for the same comparisons, AdamW / Lion /
   SepNorm beside them, the p_max sweep, the grokking MLP's weight-decay sweep (the
   same ``lr * wd`` values for every optimizer) and the canonical one-layer transformer (one seed
-  per optimizer: a 3000-step run costs ~14 CPU-min, so its rows are descriptive).
+  per optimizer: a 3000-step run costs ~14 CPU-min, so its rows are descriptive), and the
+  analogs of the papers' other experiments (:func:`_new_tasks`, ~19 CPU-min by the tasks'
+  estimates, 10 paired seeds per arm): AdamW, AdamW-AGR, Lion and SepNorm on the character
+  language model (ALBERT / T5) with AdamW's weight-decay sweep at 5 seeds, and on the tiny ViT
+  (SepNorm's ViT table, AGR's TinyViT); Adan with and without AGR and AGR stopped at 60% of the
+  steps on the DDPM (2-D moons); AdamW vs SepNorm at MNIST-1D batch 400 and 800 with the lr
+  scaled linearly (SepNorm's table 2); LPSGD vs plain SGD on digits (LPSGD's fig. 2). The
+  quadratic's records also feed SepNorm's lower-bound checks. ``quick`` has none of these:
+  its 10-minute budget has no room left.
 * ``full``: the CPU experiments at larger scale (the transformer with 10 seeds, curvature and
   momentum tracing) and, on a GPU, one block per paper table (``Experiment.table``): the LPSGD
   paper's tables 1-3 (CIFAR-10/100 x VGG-11 / ResNet-18 / ResNet-50, ImageNet ResNet-50), its
@@ -37,6 +45,11 @@ that fitted, so no spread to plan from. Hence the floors: 10 paired seeds in ``q
 one sd of the differences), 20 in ``standard`` (enough for the MNIST-1D step-size control at
 the pilot's spread); on digits no CPU suite reaches the paper's 0.68 points, and the report says
 so (*underpowered*, with the MDE reached).
+
+The new tasks had no pilot: 10 paired seeds is the floor of ``quick`` (an MDE of about one sd
+of the differences) at the budgets that fit (charlm 200 steps, the ViT 15 epochs, the DDPM 1500
+steps); their first records' ``n for paper`` is the power analysis for the next suite. The
+charlm weight-decay sweep's 5 seeds make its rows descriptive.
 """
 
 from __future__ import annotations
@@ -79,10 +92,13 @@ class Experiment:
     kind: str = "train"
     lr_wd: tuple[float, ...] = ()
     table: str = ""
+    lr_scale: tuple[float, ...] = ()
 
     @property
     def is_sweep(self) -> bool:
-        return bool(self.lr_wd) or any(callable(variant) or variant for variant in self.variants)
+        return bool(self.lr_wd or self.lr_scale) or any(
+            callable(variant) or variant for variant in self.variants
+        )
 
 
 def agr_until_fraction(fraction: float) -> VariantFn:
@@ -146,6 +162,66 @@ def _agr(seeds: int) -> tuple[Experiment, ...]:
         ),
     )
 
+
+SEPNORM_VS = ("adamw", "adamw_agr", "lion", "sepnorm")
+"""The transformer tasks' arms: the SepNorm paper's ViT and T5 tables (AdamW, Lion, SepNorm)
+and the AGR paper's TinyViT and ALBERT runs (AdamW with and without AGR)."""
+CHARLM_WD = (0.0, 1.0)
+"""The AGR paper's ALBERT weight-decay sweep (its table 6: 0 to 1e-2 beside the default) as
+AdamW weight decays beside the preset's 0.1: none and ten times the preset."""
+BATCH_SCALES = (4, 8)
+"""The SepNorm paper's table 2 (batch 64 / 256 / 512) as multiples of MNIST-1D's batch of 100,
+the lr scaled by the same factor; the factor 1 is the ``others`` comparison."""
+NEW_TASK_SEEDS = 10
+
+
+def _new_tasks(seeds: int) -> tuple[Experiment, ...]:
+    """The analogs of the papers' language, vision-transformer, diffusion and batch-size
+    experiments, and LPSGD vs plain SGD (the LPSGD paper's fig. 2), at CPU budgets (each
+    run ~2-9 s single-thread)."""
+    charlm_budget = {"steps": 200, "eval_every": 100}
+    return (
+        Experiment("transformers", "charlm", SEPNORM_VS, seeds=seeds, budget=charlm_budget),
+        Experiment(
+            "agr-wd",
+            "charlm",
+            AGR,
+            seeds=5,
+            budget=charlm_budget,
+            variants=tuple({"weight_decay": wd} for wd in CHARLM_WD),
+        ),
+        Experiment("transformers", "vit", SEPNORM_VS, seeds=seeds, budget={"epochs": 15}),
+        Experiment(
+            "agr",
+            "ddpm",
+            ADAN,
+            seeds=seeds,
+            budget=DDPM_BUDGET,
+        ),
+        Experiment(
+            "agr-late",
+            "ddpm",
+            ("adan_agr",),
+            seeds=seeds,
+            budget=DDPM_BUDGET,
+            variants=(agr_until_fraction(0.6),),  # the AGR paper: epoch 1200 of 2000
+        ),
+        *(
+            Experiment(
+                "batch-size",
+                "mnist1d",
+                ("adamw", "sepnorm"),
+                seeds=seeds,
+                task_overrides={"batch_size": 100 * factor},
+                lr_scale=(float(factor),),
+            )
+            for factor in BATCH_SCALES
+        ),
+        Experiment("lpsgd-vs-sgd", "digits", ("lpsgd", "sgd"), seeds=seeds),
+    )
+
+
+DDPM_BUDGET = {"steps": 1500, "eval_every": 750}
 
 QUICK_SEEDS = 10
 STANDARD_SEEDS = 20
@@ -260,6 +336,7 @@ SUITES: dict[str, tuple[Experiment, ...]] = {
         Experiment(
             "quadratic", "quadratic", QUADRATIC, seeds=3, task_overrides={"problem": "weak"}
         ),
+        *_new_tasks(NEW_TASK_SEEDS),
     ),
     "full": (
         Experiment("grokking", "grokking", (*GROKKING, "lpsgdm", "adamw_agr"), seeds=20),
@@ -416,6 +493,8 @@ def _variants(
     if exp.lr_wd:
         # rounded to 12 significant digits: 5e-3 / 0.1 is 0.05, not 0.049999999999999996
         return [{"weight_decay": float(f"{value / float(base['lr']):.12g}")} for value in exp.lr_wd]
+    if exp.lr_scale:
+        return [{"lr": float(f"{factor * float(base['lr']):.12g}")} for factor in exp.lr_scale]
     return [
         variant(task, budget) if callable(variant) else dict(variant) for variant in exp.variants
     ]
