@@ -13,6 +13,7 @@ from geoptim.cli.common import (
     check_hparams,
     check_optimizers,
     make_task,
+    non_negative_float,
     positive_int,
     split_names,
     split_tasks,
@@ -28,6 +29,7 @@ DEFAULT_OUT = "geoptim-bench"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from geoptim.bench.checkpoints import DEFAULT_INTERVAL_S
     from geoptim.bench.suites import suite_names
 
     parser.add_argument(
@@ -92,6 +94,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="count records of other geoptim versions as done and report them",
     )
+    parser.add_argument(
+        "--checkpoint-interval",
+        type=non_negative_float,
+        default=DEFAULT_INTERVAL_S,
+        metavar="S",
+        help="a run saves a mid-run checkpoint at the end of an epoch once S seconds have passed "
+        f"since its last one (default {DEFAULT_INTERVAL_S:g}; 0: every epoch); a killed run "
+        "resumes from it",
+    )
+    parser.add_argument(
+        "--checkpoint-steps",
+        type=positive_int,
+        metavar="N",
+        help="also save a checkpoint every N optimizer steps (within an epoch), S apart",
+    )
+    parser.add_argument(
+        "--no-checkpoints", action="store_true", help="never save mid-run checkpoints"
+    )
     parser.add_argument("--quiet", action="store_true", help="log lines instead of a bar")
     parser.add_argument(
         "--dry-run",
@@ -136,6 +156,7 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from geoptim.bench.checkpoints import CheckpointPolicy
     from geoptim.bench.executors import ExecutorError
     from geoptim.bench.records import SelectionError
     from geoptim.bench.report import build_report
@@ -152,6 +173,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(specs)} runs")
         return 0
     workers = args.workers or default_workers(args.cpus_per_run)
+    checkpoints = None
+    if not args.no_checkpoints:
+        checkpoints = CheckpointPolicy(args.checkpoint_interval, args.checkpoint_steps)
     start = time.perf_counter()
     try:
         executor = make_executor(args, min(workers, len(specs)))
@@ -162,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
             executor=executor,
             wait=args.wait,
             accept_other_versions=args.accept_other_versions,
+            checkpoints=checkpoints,
         )
     except (ExecutorError, DirectoryBusy) as err:
         raise ConfigError(str(err)) from None
