@@ -16,7 +16,11 @@ so every comparison is a paired test over the seeds both arms ran.
   same ``lr * wd`` values for every optimizer) and the canonical one-layer transformer (one seed
   per optimizer: a 3000-step run costs ~14 CPU-min, so its rows are descriptive).
 * ``full``: GPU scale (CIFAR-10/100, the transformer with 10 seeds, curvature and momentum
-  tracing), the same protocol.
+  tracing), the same protocol; ``--dry-run`` prints its runs and device-hours per paper table
+  (:func:`table_plan_text`).
+* ``smoke``: every (task, options, run kind) and every optimizer of the suites above, for three
+  steps on the CPU, on stand-in data where the real data is a folder (:func:`smoke_experiments`):
+  a check that a long run will not die on a typo.
 
 Seeds per comparison come from a power analysis: ``n for paper`` in the report's claims table is
 the number of paired seeds that gives 80% power for the paper's effect at the spread a run
@@ -39,7 +43,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +65,9 @@ class Experiment:
     budget for the suite. ``kind`` is the run kind (:data:`geoptim.bench.runner.EXECUTORS`):
     ``"train"``, or an analysis experiment. ``lr_wd``: a weight-decay sweep, one variant per
     value with ``weight_decay = value / lr`` of each optimizer's preset, so every optimizer runs
-    at the same decoupled shrink per step.
+    at the same decoupled shrink per step. ``table``: the paper item the experiment reproduces
+    (``"LPSGD Table 1 (CIFAR-10)"``), which groups the full suite's dry-run plan; defaults to
+    ``name``.
     """
 
     name: str
@@ -73,6 +79,11 @@ class Experiment:
     budget: dict[str, Any] = field(default_factory=dict)
     kind: str = "train"
     lr_wd: tuple[float, ...] = ()
+    table: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.table:
+            object.__setattr__(self, "table", self.name)
 
     @property
     def is_sweep(self) -> bool:
@@ -244,7 +255,84 @@ SUITES: dict[str, tuple[Experiment, ...]] = {
         ),
     ),
 }
-"""Every suite by name."""
+"""Every suite by name (with ``smoke``, derived from the others below)."""
+
+SMOKE = "smoke"
+SMOKE_BUDGETS: dict[str, dict[str, Any]] = {
+    "train": {"steps": 3, "eval_every": 3, "batches_per_epoch": 3},
+    "curvature": {
+        "epochs": 1,
+        "at": (0, 1),
+        "k": 1,
+        "hessian_samples": 16,
+        "slq_probes": 1,
+        "slq_steps": 4,
+        "trace_samples": 10,
+    },
+    "momentum_tracing": {"epochs": 1},
+}
+"""The smoke suite's budget per run kind (it replaces the task's budget; a kind not listed gets
+the ``"train"`` one): a few steps, one evaluation after them."""
+
+
+def smoke_experiments(suites: dict[str, tuple[Experiment, ...]]) -> tuple[Experiment, ...]:
+    """The smoke suite: one run (seed 0, the preset, no variant, :data:`SMOKE_BUDGETS`) of every
+    distinct (task, task overrides, run kind) of every suite in ``suites``, with the first
+    optimizer it is run with, and one of every optimizer not covered so, on the first task it is
+    run on; so a typo in any suite's tasks, models, data options, run kinds or optimizers fails in
+    minutes on a laptop. :func:`for_smoke_run` then puts the runs on the CPU and on stand-in data.
+    (Every (task, optimizer) preset is looked up, and checked, by the suites' own plans.)"""
+    chosen: list[Experiment] = []
+    seen_tasks: set[str] = set()
+    seen_optimizers: set[str] = set()
+    for experiments in suites.values():
+        for exp in experiments:
+            task_key = json.dumps([exp.task, exp.task_overrides, exp.kind], sort_keys=True)
+            for optimizer in exp.optimizers:
+                if task_key in seen_tasks and optimizer in seen_optimizers:
+                    continue
+                seen_tasks.add(task_key)
+                seen_optimizers.add(optimizer)
+                chosen.append(
+                    Experiment(
+                        SMOKE,
+                        exp.task,
+                        (optimizer,),
+                        seeds=1,
+                        task_overrides=dict(exp.task_overrides),
+                        budget=SMOKE_BUDGETS.get(exp.kind, SMOKE_BUDGETS["train"]),
+                        kind=exp.kind,
+                        table=exp.table,
+                    )
+                )
+    return tuple(chosen)
+
+
+SUITES[SMOKE] = smoke_experiments(SUITES)
+
+
+def for_smoke_run(experiments: Sequence[Experiment], root: Path) -> list[Experiment]:
+    """``experiments`` on the CPU (``device="cpu"`` for a task with a ``device`` option) and,
+    for a task with ``write_stand_in(root)`` (its real data is a folder: CIFAR pickles, an
+    ImageNet tree), on small generated data written under ``root/<task>`` (once per task; the
+    overrides it returns are laid over the experiment's)."""
+    from geoptim.bench.tasks import TASKS, get_task
+
+    written: dict[str, dict[str, Any]] = {}
+    chosen = []
+    for exp in experiments:
+        overrides = dict(exp.task_overrides)
+        cls = TASKS.get(exp.task)
+        if cls is not None and "device" in {option.name for option in fields(cls)}:
+            overrides["device"] = "cpu"
+        if cls is not None and hasattr(cls, "write_stand_in"):
+            if exp.task not in written:
+                task = get_task(exp.task, **overrides)
+                written[exp.task] = task.write_stand_in(root / exp.task)
+            overrides.update(written[exp.task])
+        chosen.append(replace(exp, task_overrides=overrides))
+    return chosen
+
 
 DEFAULT_OPTIMIZERS = ("sgdm", "lpsgdm", "adamw", "lion")
 """What a task outside the suite (named in ``--tasks``) is run with."""
@@ -306,7 +394,9 @@ def build_specs(
     specs: dict[str, RunSpec] = {}
     for exp in experiments:
         task = make_task(exp.task, exp.task_overrides)
-        budget = {**task.default_budget(suite), **exp.budget}
+        budget = (
+            dict(exp.budget) if suite == SMOKE else {**task.default_budget(suite), **exp.budget}
+        )
         for optimizer in exp.optimizers:
             base = presets.hparams(exp.task, exp.task_overrides, optimizer)
             for variant in _variants(exp, task, budget, base):

@@ -13,16 +13,30 @@ set; ``n_val`` (5000) training images, fixed (seed 0), are held out for validati
 from __future__ import annotations
 
 import dataclasses
+import functools
+import pickle
+from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
-from geoptim.bench.data import TensorData, augment_cifar, hold_out, load_cifar, normalize_cifar
+from geoptim.bench.data import (
+    CIFAR_LAYOUT,
+    TensorData,
+    augment_cifar,
+    hold_out,
+    load_cifar,
+    normalize_cifar,
+)
 from geoptim.bench.models import ACTIVATIONS, CIFAR_MODELS
+from geoptim.bench.records import write_atomic
 from geoptim.bench.tasks.base import TrainableTask, option
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+STAND_IN_IMAGES = 40
+"""Images per pickle file of the stand-in data (:meth:`CifarTask.write_stand_in`)."""
 
 
 @dataclasses.dataclass
@@ -61,6 +75,29 @@ class CifarTask(TrainableTask):
             eval_batch_size=1000,
             eval_train_size=self.eval_train_size,
         )
+
+    def write_stand_in(self, root: Path) -> dict[str, Any]:
+        """Write a small fake dataset in the python-pickle layout under ``root`` (random images
+        and labels, :data:`STAND_IN_IMAGES` per file, fixed seed) and return the overrides that
+        train on it: ``data_dir``, and a validation split, train-metric subset and batch that
+        fit it (for the smoke suite)."""
+        sub, train_files, test_files, label_key, num_classes = CIFAR_LAYOUT[self.name]
+        gen = np.random.default_rng(0)
+        for name in train_files + test_files:
+            entry = {
+                b"data": gen.integers(0, 256, (STAND_IN_IMAGES, 3072), dtype=np.uint8),
+                label_key: gen.integers(0, num_classes, STAND_IN_IMAGES).tolist(),
+            }
+            path = root / sub / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, functools.partial(pickle.dump, entry))
+        n_train = STAND_IN_IMAGES * len(train_files)
+        return {
+            "data_dir": str(root),
+            "n_val": n_train // 4,
+            "eval_train_size": 32,
+            "batch_size": 8,
+        }
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
