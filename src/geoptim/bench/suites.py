@@ -257,7 +257,7 @@ SUITES: dict[str, tuple[Experiment, ...]] = {
 }
 """Every suite by name (with ``smoke``, derived from the others below)."""
 
-SMOKE = "smoke"
+SMOKE, FULL = "smoke", "full"
 SMOKE_BUDGETS: dict[str, dict[str, Any]] = {
     "train": {"steps": 3, "eval_every": 3, "batches_per_epoch": 3},
     "curvature": {
@@ -273,6 +273,8 @@ SMOKE_BUDGETS: dict[str, dict[str, Any]] = {
 }
 """The smoke suite's budget per run kind (it replaces the task's budget; a kind not listed gets
 the ``"train"`` one): a few steps, one evaluation after them."""
+SMOKE_BATCH_SIZE = 8
+"""The batch size of smoke runs on stand-in data (a ResNet-50 step on 8 images is CPU-cheap)."""
 
 
 def smoke_experiments(suites: dict[str, tuple[Experiment, ...]]) -> tuple[Experiment, ...]:
@@ -315,7 +317,8 @@ def for_smoke_run(experiments: Sequence[Experiment], root: Path) -> list[Experim
     """``experiments`` on the CPU (``device="cpu"`` for a task with a ``device`` option) and,
     for a task with ``write_stand_in(root)`` (its real data is a folder: CIFAR pickles, an
     ImageNet tree), on small generated data written under ``root/<task>`` (once per task; the
-    overrides it returns are laid over the experiment's)."""
+    overrides it returns are laid over the experiment's) in batches of
+    :data:`SMOKE_BATCH_SIZE`."""
     from geoptim.bench.tasks import TASKS, get_task
 
     written: dict[str, dict[str, Any]] = {}
@@ -323,13 +326,16 @@ def for_smoke_run(experiments: Sequence[Experiment], root: Path) -> list[Experim
     for exp in experiments:
         overrides = dict(exp.task_overrides)
         cls = TASKS.get(exp.task)
-        if cls is not None and "device" in {option.name for option in fields(cls)}:
+        options = {option.name for option in fields(cls)} if cls is not None else set()
+        if "device" in options:
             overrides["device"] = "cpu"
         if cls is not None and hasattr(cls, "write_stand_in"):
             if exp.task not in written:
                 task = get_task(exp.task, **overrides)
                 written[exp.task] = task.write_stand_in(root / exp.task)
             overrides.update(written[exp.task])
+            if "batch_size" in options:
+                overrides["batch_size"] = SMOKE_BATCH_SIZE
         chosen.append(replace(exp, task_overrides=overrides))
     return chosen
 
@@ -479,6 +485,174 @@ def plan_text(
         f"{len(specs)} runs, {total / 60:.1f} CPU-min single-thread; estimated "
         f"{wall / 60:.1f} min wall with {workers} workers (before any run is skipped)"
     )
+    return "\n".join(lines)
+
+
+THROUGHPUT_FILE = "throughput.json"
+"""Where the full suite's dry run caches the throughput it measured, in the output directory."""
+TIMED_STEPS = 2
+"""Steps timed per task by :func:`measure_throughput`, after as many warm-up steps."""
+
+
+def measure_throughput(task: Any) -> dict[str, Any]:
+    """Seconds per optimizer step and per evaluation of a trainable ``task`` on the device it
+    would train on, measured with the shared loop: ``2 * TIMED_STEPS`` SGD-momentum steps,
+    evaluated after ``TIMED_STEPS`` (the first ``TIMED_STEPS`` warm up: allocation, kernel
+    selection). A step is the training time of the second half over ``TIMED_STEPS``; an evaluation
+    is the wall time from the end of the warm-up's last step to the end of the next step, less a
+    step. Where the real data is absent a task with ``write_stand_in`` is timed on stand-in data
+    (``"data": "stand-in"``; the evaluation then covers the stand-in's smaller splits only)."""
+    import tempfile
+    import time
+
+    from geoptim.bench.tasks import get_task
+    from geoptim.bench.training import train
+
+    class StepEnds:
+        def __init__(self) -> None:
+            self.at: list[float] = []
+
+        def on_step(self, step: int, *_: Any) -> None:
+            self.at.append(time.perf_counter())
+
+    budget = {"steps": 2 * TIMED_STEPS, "eval_every": TIMED_STEPS}
+    with tempfile.TemporaryDirectory() as folder:
+        data = "real"
+        try:
+            task.make_data(0)
+        except (FileNotFoundError, ValueError):
+            if not hasattr(task, "write_stand_in"):
+                raise
+            stand_in = task.write_stand_in(Path(folder))
+            task = get_task(task.name, **{**task_options(task), **stand_in})
+            data = "stand-in"
+        ends = StepEnds()
+        result = train(task, "sgdm", {"lr": 1e-3}, 0, budget, callbacks=[ends])
+    times = result["curves"]["time_s"]
+    step_s = (times[2] - times[1]) / TIMED_STEPS
+    eval_s = max(ends.at[TIMED_STEPS] - ends.at[TIMED_STEPS - 1] - step_s, 0.0)
+    return {"step_s": step_s, "eval_s": eval_s, "device": device_name(task), "data": data}
+
+
+def task_options(task: Any) -> dict[str, Any]:
+    """The option values of a task object (its init fields)."""
+    return {option.name: getattr(task, option.name) for option in fields(task) if option.init}
+
+
+def device_name(task: Any) -> str:
+    """``cpu`` or ``cuda (<GPU name>)``: where ``task`` trains."""
+    import torch
+
+    device = task.torch_device()
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def run_cost(spec: RunSpec, task: Any, throughput: dict[str, Any] | None) -> float | None:
+    """The seconds one run takes on its device from ``throughput`` (``None``, and for the
+    analysis kinds: the task's CPU estimate, :func:`estimated_seconds`); ``None`` when its number of steps is unknown (an epoch
+    budget on stand-in data for a task without ``nominal_steps_per_epoch``)."""
+    if throughput is None:
+        return estimated_seconds(spec, task)
+    from geoptim.bench.training import budget_steps
+
+    if throughput["data"] == "real":
+        steps, checkpoints = task.budget_steps(spec.budget)
+    elif "steps" in spec.budget:
+        steps, every = budget_steps(spec.budget, 1)
+        checkpoints = -(-steps // every)
+    elif hasattr(task, "nominal_steps_per_epoch"):
+        per_epoch = task.nominal_steps_per_epoch()
+        if spec.budget.get("batches_per_epoch"):
+            per_epoch = min(per_epoch, int(spec.budget["batches_per_epoch"]))
+        steps, every = budget_steps(spec.budget, per_epoch)
+        checkpoints = -(-steps // every)
+    else:
+        return None
+    runs = 2 if spec.optimizer == "sgdm_rms" else 1
+    return runs * (steps * throughput["step_s"] + (checkpoints + 1) * throughput["eval_s"])
+
+
+def tables_of(
+    experiments: Sequence[Experiment],
+    presets: Presets,
+    suite: str,
+    make_task: Callable[[str, dict[str, Any]], Any],
+) -> dict[str, str]:
+    """Run id -> the paper table (:attr:`Experiment.table`) of the first experiment making it."""
+    tables: dict[str, str] = {}
+    for exp in experiments:
+        for spec in build_specs([exp], presets, suite, make_task):
+            tables.setdefault(spec.run_id, exp.table)
+    return tables
+
+
+def table_plan_text(
+    specs: Sequence[RunSpec],
+    tables: dict[str, str],
+    make_task: Callable[[str, dict[str, Any]], Any],
+    out_dir: str | Path,
+    measure: Callable[[Any], dict[str, Any]] = measure_throughput,
+) -> str:
+    """The full suite's dry-run plan: per paper table (``tables``: run id -> table) the runs and
+    the device-hours they take, from the throughput of every trainable (task, options) measured
+    on its device (:func:`measure_throughput`; cached in ``out_dir/throughput.json``, so a second
+    dry run measures nothing); other runs (not trainable, analysis kinds) at their CPU estimate."""
+    from geoptim.bench.records import write_json_atomic
+    from geoptim.bench.tasks import TrainableTask
+
+    cache_path = Path(out_dir) / THROUGHPUT_FILE
+    try:
+        cache = json.loads(cache_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    cache = cache if isinstance(cache, dict) else {}
+    tasks: dict[str, Any] = {}
+    measured: dict[str, dict[str, Any] | None] = {}
+    for spec in specs:
+        label = spec.task_label
+        if label in tasks:
+            continue
+        task = tasks[label] = make_task(spec.task, spec.task_overrides)
+        measured[label] = None
+        if isinstance(task, TrainableTask):
+            key = f"{label} on {device_name(task)}"
+            if key not in cache:
+                cache[key] = measure(task)
+                write_json_atomic(cache_path, cache)
+            measured[label] = cache[key]
+    costs: dict[str, list[float | None]] = {}
+    devices: dict[str, set[str]] = {}
+    for spec in specs:
+        table, throughput = tables.get(spec.run_id, "other"), measured[spec.task_label]
+        throughput = throughput if spec.kind == "train" else None
+        costs.setdefault(table, []).append(run_cost(spec, tasks[spec.task_label], throughput))
+        device = "cpu (estimated)" if throughput is None else throughput["device"]
+        devices.setdefault(table, set()).add(device)
+    lines = ["paper table | runs | device | device-hours"]
+    total = 0.0
+    for table, seconds in costs.items():
+        known = [cost for cost in seconds if cost is not None]
+        total += sum(known)
+        unknown = len(seconds) - len(known)
+        hours = f"{sum(known) / 3600:.1f}" + (
+            f" + {unknown} runs of unknown length" * bool(unknown)
+        )
+        lines.append(f"{table} | {len(seconds)} | {', '.join(sorted(devices[table]))} | {hours}")
+    lines += [
+        f"{len(specs)} runs, {total / 3600:.1f} device-hours in all, one run at a time per "
+        "device (before any run is skipped)",
+        "",
+        "task | device | data | s per step | s per evaluation",
+    ]
+    for label, throughput in measured.items():
+        if throughput is not None:
+            lines.append(
+                f"{label} | {throughput['device']} | {throughput['data']} | "
+                f"{throughput['step_s']:.4f} | {throughput['eval_s']:.3f}"
+            )
+    lines.append(f"(throughput measured once, cached in {cache_path})")
     return "\n".join(lines)
 
 

@@ -124,12 +124,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-report", action="store_true", help="do not build the report")
 
 
-def plan(args: argparse.Namespace) -> list[RunSpec]:
-    """The run specs the arguments ask for; :class:`ConfigError` on any bad value (the output
-    directory included: created and test-written unless ``--dry-run``)."""
+def plan(args: argparse.Namespace) -> tuple[list[RunSpec], dict[str, str]]:
+    """The run specs the arguments ask for and the paper table of each (by run id);
+    :class:`ConfigError` on any bad value (the output directory included: created and
+    test-written unless ``--dry-run``)."""
     from geoptim.bench.presets import PRESETS_SUBDIR, load_presets
     from geoptim.bench.records import canonical_json, records_dir
-    from geoptim.bench.suites import SMOKE, build_specs, for_smoke_run, select
+    from geoptim.bench.suites import SMOKE, build_specs, for_smoke_run, select, tables_of
 
     tasks = [task_variant(t) for t in split_tasks(args.tasks)] if args.tasks else None
     optimizers = split_names(args.optimizers) if args.optimizers else None
@@ -157,7 +158,8 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
     if not args.dry_run:
         writable_dir(args.out)
         writable_dir(records_dir(args.out), what="the records directory")
-    return specs
+    tables = tables_of(experiments, presets, args.suite, make_task) if args.dry_run else {}
+    return specs, tables
 
 
 def run(args: argparse.Namespace) -> int:
@@ -168,11 +170,15 @@ def run(args: argparse.Namespace) -> int:
     from geoptim.bench.runner import DirectoryBusy, default_workers, describe, execute
     from geoptim.cli.common import make_executor
 
-    specs = plan(args)
+    specs, tables = plan(args)
     if args.dry_run:
-        from geoptim.bench.suites import plan_text
+        from geoptim.bench.suites import FULL, plan_text, table_plan_text
 
-        print(plan_text(specs, make_task, args.workers or default_workers()))
+        if args.suite == FULL:
+            writable_dir(args.out)  # the measured throughput is cached there
+            print(table_plan_text(specs, tables, make_task, args.out))
+        else:
+            print(plan_text(specs, make_task, args.workers or default_workers()))
         for spec in specs:
             print(f"{spec.run_id}  {describe(spec)}  {spec.hparams}  {spec.budget}")
         print(f"{len(specs)} runs")

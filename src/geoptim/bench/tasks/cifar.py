@@ -35,8 +35,9 @@ from geoptim.bench.records import write_atomic
 from geoptim.bench.tasks.base import TrainableTask, option
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
-STAND_IN_IMAGES = 40
-"""Images per pickle file of the stand-in data (:meth:`CifarTask.write_stand_in`)."""
+STAND_IN_TRAIN, STAND_IN_TEST = 1024, 256
+"""Images of the stand-in data (:meth:`CifarTask.write_stand_in`): enough full batches of 128
+for the dry run to time a few steps."""
 
 
 @dataclasses.dataclass
@@ -78,26 +79,25 @@ class CifarTask(TrainableTask):
 
     def write_stand_in(self, root: Path) -> dict[str, Any]:
         """Write a small fake dataset in the python-pickle layout under ``root`` (random images
-        and labels, :data:`STAND_IN_IMAGES` per file, fixed seed) and return the overrides that
-        train on it: ``data_dir``, and a validation split, train-metric subset and batch that
-        fit it (for the smoke suite)."""
+        and labels, fixed seed: :data:`STAND_IN_TRAIN` training and :data:`STAND_IN_TEST` test
+        images) and return the overrides that train on it: ``data_dir``, and a validation split
+        and train-metric subset that fit it (for the smoke suite and the dry run's timing)."""
         sub, train_files, test_files, label_key, num_classes = CIFAR_LAYOUT[self.name]
         gen = np.random.default_rng(0)
-        for name in train_files + test_files:
+        per_file = {name: -(-STAND_IN_TRAIN // len(train_files)) for name in train_files}
+        per_file.update({name: STAND_IN_TEST for name in test_files})
+        for name, count in per_file.items():
             entry = {
-                b"data": gen.integers(0, 256, (STAND_IN_IMAGES, 3072), dtype=np.uint8),
-                label_key: gen.integers(0, num_classes, STAND_IN_IMAGES).tolist(),
+                b"data": gen.integers(0, 256, (count, 3072), dtype=np.uint8),
+                label_key: gen.integers(0, num_classes, count).tolist(),
             }
-            path = root / sub / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, functools.partial(pickle.dump, entry))
-        n_train = STAND_IN_IMAGES * len(train_files)
-        return {
-            "data_dir": str(root),
-            "n_val": n_train // 4,
-            "eval_train_size": 32,
-            "batch_size": 8,
-        }
+            write_atomic(root / sub / name, functools.partial(pickle.dump, entry))
+        return {"data_dir": str(root), "n_val": 64, "eval_train_size": 64}
+
+    def nominal_steps_per_epoch(self) -> int:
+        """Mini-batches per epoch on the real dataset (50000 training images less ``n_val``),
+        whether or not it is here (the dry run's estimate)."""
+        return -(-(50000 - self.n_val) // self.batch_size)
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
