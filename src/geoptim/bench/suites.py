@@ -550,9 +550,9 @@ def device_name(task: Any) -> str:
 
 
 def run_cost(spec: RunSpec, task: Any, throughput: dict[str, Any] | None) -> float | None:
-    """The seconds one run takes on its device from ``throughput`` (``None``, and for the
-    analysis kinds: the task's CPU estimate, :func:`estimated_seconds`); ``None`` when its number of steps is unknown (an epoch
-    budget on stand-in data for a task without ``nominal_steps_per_epoch``)."""
+    """The seconds one run takes on its device from ``throughput`` (``None``: the task's CPU
+    estimate, :func:`estimated_seconds`); ``None`` when its number of steps is unknown (an
+    epoch budget on stand-in data for a task without ``nominal_steps_per_epoch``)."""
     if throughput is None:
         return estimated_seconds(spec, task)
     from geoptim.bench.training import budget_steps
