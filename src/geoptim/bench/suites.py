@@ -599,7 +599,7 @@ def table_plan_text(
     the device-hours they take, from the throughput of every trainable (task, options) measured
     on its device (:func:`measure_throughput`; cached in ``out_dir/throughput.json``, so a second
     dry run measures nothing); other runs (not trainable, analysis kinds) at their CPU estimate."""
-    from geoptim.bench.records import write_json_atomic
+    from geoptim.bench.records import canonical_json, write_json_atomic
     from geoptim.bench.tasks import TrainableTask
 
     cache_path = Path(out_dir) / THROUGHPUT_FILE
@@ -624,10 +624,14 @@ def table_plan_text(
             measured[label] = cache[key]
     costs: dict[str, list[float | None]] = {}
     devices: dict[str, set[str]] = {}
+    cost_of: dict[str, float | None] = {}  # runs differing only in hparams and seed cost the same
     for spec in specs:
         table, throughput = tables.get(spec.run_id, "other"), measured[spec.task_label]
         throughput = throughput if spec.kind == "train" else None
-        costs.setdefault(table, []).append(run_cost(spec, tasks[spec.task_label], throughput))
+        key = canonical_json([spec.task_label, spec.kind, spec.optimizer, spec.budget])
+        if key not in cost_of:
+            cost_of[key] = run_cost(spec, tasks[spec.task_label], throughput)
+        costs.setdefault(table, []).append(cost_of[key])
         device = "cpu (estimated)" if throughput is None else throughput["device"]
         devices.setdefault(table, set()).add(device)
     lines = ["paper table | runs | device | device-hours"]

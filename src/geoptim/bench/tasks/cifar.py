@@ -35,7 +35,7 @@ from geoptim.bench.records import write_atomic
 from geoptim.bench.tasks.base import TrainableTask, option
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
-STAND_IN_TRAIN, STAND_IN_TEST = 1024, 256
+STAND_IN_TRAIN, STAND_IN_TEST = 1024, 64
 """Images of the stand-in data (:meth:`CifarTask.write_stand_in`): enough full batches of 128
 for the dry run to time a few steps."""
 
@@ -92,7 +92,7 @@ class CifarTask(TrainableTask):
                 label_key: gen.integers(0, num_classes, count).tolist(),
             }
             write_atomic(root / sub / name, functools.partial(pickle.dump, entry))
-        return {"data_dir": str(root), "n_val": 64, "eval_train_size": 64}
+        return {"data_dir": str(root), "n_val": 32, "eval_train_size": 32}
 
     def nominal_steps_per_epoch(self) -> int:
         """Mini-batches per epoch on the real dataset (50000 training images less ``n_val``),
