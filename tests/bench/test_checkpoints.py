@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from geoptim.bench import records
+from geoptim.bench import records, training
 from geoptim.bench.checkpoints import Checkpoint, checkpoint_path
 from geoptim.bench.records import RunSpec
 from geoptim.bench.tasks import get_task
@@ -85,6 +85,23 @@ def test_resuming_at_every_epoch_boundary_is_exact(optimizer, tmp_path):
             run(optimizer, stopping)
         assert path.is_file()
         assert_same_run(*run(optimizer, Checkpoint(path, "key")), reference)
+
+
+def test_a_resumed_sgdm_rms_run_does_not_replay_its_paired_lpsgdm_run(tmp_path, monkeypatch):
+    reference = run("sgdm_rms", None)
+    stopping = StopAfter(tmp_path / "rms.pt", "key")
+    stopping.stop_at = reference[0]["steps"] // EPOCHS
+    with pytest.raises(Stop):
+        run("sgdm_rms", stopping)
+
+    def no_replay() -> None:
+        raise AssertionError("the paired LPSGDM run was replayed")
+
+    monkeypatch.setattr(training, "UpdateRMSRecorder", no_replay)
+    checkpoint = Checkpoint(tmp_path / "rms.pt", "key")
+    assert_same_run(*run("sgdm_rms", checkpoint), reference)
+    checkpoint.discard()
+    assert not list(tmp_path.iterdir())  # the checkpoint and its part
 
 
 def test_resuming_within_an_epoch_is_exact(tmp_path):

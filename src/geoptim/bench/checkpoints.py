@@ -34,6 +34,7 @@ import os
 import stat
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -104,13 +105,31 @@ class Checkpoint:
             "rng": rng_state(),
             **{name: loop[name] for name in POSITION_KEYS},
         }
+        self._write(self.path, state)
+        self._last_save = time.monotonic()
 
+    def save_part(self, name: str, value: dict[str, Any]) -> None:
+        """Keep ``value`` (tensors and plain containers) beside the checkpoint as part ``name``:
+        a result the run computed once and must not lose (an ``sgdm_rms`` run's update-RMS
+        schedule, measured by replaying its paired LPSGDM run)."""
+        self._write(self._part_path(name), {"format": FORMAT, "key": self.key, name: value})
+
+    def load_part(self, name: str) -> dict[str, Any] | None:
+        """Part ``name`` saved by :meth:`save_part`, or ``None`` (missing or unusable: a
+        warning)."""
+        state = self._read(self._part_path(name), (name,))
+        return None if state is None else state[name]
+
+    def _part_path(self, name: str) -> Path:
+        return self.path.with_name(f"{self.path.stem}.{name}{self.path.suffix}")
+
+    @staticmethod
+    def _write(path: Path, state: dict[str, Any]) -> None:
         def write(handle: BinaryIO) -> None:
             os.fchmod(handle.fileno(), 0o600)  # only this user reads or writes it
             torch.save(state, handle)
 
-        write_atomic(self.path, write)
-        self._last_save = time.monotonic()
+        write_atomic(path, write)
 
     def restore(self, model: nn.Module, setup: OptimizerSetup) -> dict[str, Any] | None:
         """Load the checkpoint into ``model`` and ``setup``, set the RNG states and return the
@@ -118,7 +137,7 @@ class Checkpoint:
 
         Raises :class:`CheckpointMismatch` (after a warning, with the file removed) when loading
         failed part-way: the caller must build the model and optimizer afresh."""
-        state = self._read()
+        state = self._read(self.path, POSITION_KEYS)
         if state is None:
             return None
         try:
@@ -136,10 +155,11 @@ class Checkpoint:
             raise CheckpointMismatch(str(self.path)) from None
         return {name: state[name] for name in POSITION_KEYS}
 
-    def _read(self) -> dict[str, Any] | None:
-        """The checkpoint's contents if the file exists, is safe to read and is this run's."""
+    def _read(self, path: Path, needed: Sequence[str]) -> dict[str, Any] | None:
+        """The contents of ``path`` if it exists, is safe to read, is this run's and holds the
+        ``needed`` entries."""
         try:
-            info = self.path.stat()
+            info = path.stat()
         except FileNotFoundError:
             return None
         problem = None
@@ -149,7 +169,7 @@ class Checkpoint:
             problem = "writable by other users"
         else:
             try:
-                state = torch.load(self.path, map_location="cpu", weights_only=True)
+                state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as err:
                 problem = f"unreadable: {_reason(err)}"
             else:
@@ -157,16 +177,18 @@ class Checkpoint:
                     problem = "not a checkpoint of this geoptim version"
                 elif state.get("key") != self.key:
                     problem = "a checkpoint of another run or geoptim source"
-                elif any(name not in state for name in POSITION_KEYS):
+                elif any(name not in state for name in needed):
                     problem = "incomplete"
         if problem is not None:
-            warn(f"ignoring checkpoint {self.path} ({problem}); starting over")
+            warn(f"ignoring checkpoint {path} ({problem}); starting over")
             return None
         return state
 
     def discard(self) -> None:
-        """Remove the checkpoint file (the run is recorded, or it is unusable)."""
+        """Remove the checkpoint file and its parts (the run is recorded, or it is unusable)."""
         self.path.unlink(missing_ok=True)
+        for part in self.path.parent.glob(f"{self.path.stem}.*{self.path.suffix}"):
+            part.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

@@ -346,6 +346,27 @@ def call_hooks(callbacks: Sequence[Any], method: str, *args: Any) -> None:
             hook(*args)
 
 
+def paired_rms_schedule(
+    task: TrainableTask,
+    hparams: dict[str, Any],
+    seed: int,
+    budget: dict[str, Any],
+    checkpoint: Checkpoint | None,
+) -> tuple[list[list[float]], bool]:
+    """The update-RMS schedule an ``sgdm_rms`` run follows (:class:`UpdateRMSRecorder` over its
+    paired LPSGDM run) and whether that run diverged; measured once per run: kept beside the
+    run's checkpoint, so a resumed run does not replay LPSGDM again."""
+    paired = checkpoint.load_part("paired_lpsgdm") if checkpoint is not None else None
+    if paired is None:
+        recorder = UpdateRMSRecorder()
+        result = train(task, "lpsgdm", hparams, seed, budget, callbacks=[recorder])
+        schedule = torch.tensor(recorder.schedule, dtype=torch.float64)
+        paired = {"schedule": schedule, "diverged": bool(result["extra"]["diverged"])}
+        if checkpoint is not None:
+            checkpoint.save_part("paired_lpsgdm", paired)
+    return paired["schedule"].tolist(), paired["diverged"]
+
+
 def train(
     task: TrainableTask,
     optimizer_name: str,
@@ -366,15 +387,13 @@ def train(
     different optimizers with the same seed start from the same weights and see the same batches.
 
     ``checkpoint``: resume from it if it holds a checkpoint of this run, and save to it as
-    training goes (:mod:`geoptim.bench.checkpoints`; an ``sgdm_rms`` run replays its paired
-    LPSGDM run first, without checkpoints).
+    training goes (:mod:`geoptim.bench.checkpoints`; an ``sgdm_rms`` run keeps the schedule its
+    paired LPSGDM run measured beside it, :func:`paired_rms_schedule`).
     """
     rms_schedule = None
     paired_diverged = False
     if optimizer_name == "sgdm_rms":
-        recorder = UpdateRMSRecorder()
-        paired = train(task, "lpsgdm", hparams, seed, budget, callbacks=[recorder])
-        rms_schedule, paired_diverged = recorder.schedule, paired["extra"]["diverged"]
+        rms_schedule, paired_diverged = paired_rms_schedule(task, hparams, seed, budget, checkpoint)
     torch.manual_seed(seed)
     device = task.torch_device()
     data = task.make_data(seed)
