@@ -63,3 +63,19 @@ def test_a_folder_task_without_its_data_is_timed_on_stand_in_data(tmp_path):
     assert throughput["data"] == "stand-in" and throughput["device"] == "cpu"
     assert throughput["step_s"] > 0
     assert task.nominal_steps_per_epoch() == -(-(50000 - 5000) // 8)
+
+
+def test_geoptim_bench_full_dry_run_prints_tables_and_caches_the_throughput(tmp_path, capsys):
+    from geoptim.cli import main
+
+    argv = ["bench", "--suite", "full", "--tasks", "digits", "--seeds", "1", "--dry-run"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("paper table | runs | device | device-hours\n")
+    assert "curvature | 2 | cpu (estimated) |" in text
+    assert "digits | cpu | real |" in text
+    assert set(json.loads((tmp_path / THROUGHPUT_FILE).read_text())) == {
+        "digits on cpu",
+        "digits[model=resnet] on cpu",
+    }
+    assert not (tmp_path / "records").exists()
