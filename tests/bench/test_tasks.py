@@ -16,7 +16,10 @@ from geoptim.bench.tasks.grokking import grokking_gap, reach_step
 from geoptim.bench.tasks.quadratic import PROBLEMS
 from tests.bench.test_data import CURVE_KEYS, write_fake_cifar
 
-ALL = ["quadratic", "grokking", "digits", "mnist1d", "vit", "ddpm", "charlm", "cifar10", "cifar100"]
+ALL = [
+    *("quadratic", "grokking", "digits", "mnist1d", "vit", "ddpm", "charlm", "cifar10", "cifar100"),
+    *("tinyimagenet", "imagenet"),
+]
 
 
 # ---------------------------------------------------------------- registry
@@ -36,7 +39,7 @@ def test_registry() -> None:
 
 def test_registry_errors() -> None:
     with pytest.raises(ValueError, match="known tasks: quadratic, grokking"):
-        tasks.get_task("imagenet")
+        tasks.get_task("imagenet21k")
     with pytest.raises(ValueError, match=r"no option 'depth'.*activation"):
         tasks.get_task("digits", depth=3)
     with pytest.raises(ValueError, match="unknown model 'resnet9'"):

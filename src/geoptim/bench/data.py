@@ -15,6 +15,10 @@ seed: the validation split is what tuning may look at, the test split is only ev
 * :func:`load_cifar` -- CIFAR-10/100 from the standard python-pickle folders, validated with errors
   that name the path and the expected files; :func:`augment_cifar` does random-crop (pad 4) and
   horizontal flips with tensor ops, :func:`normalize_cifar` the per-channel normalisation.
+* :func:`scan_image_folder` -- ImageNet / Tiny-ImageNet from the class-per-folder layout;
+  :class:`FolderData` decodes the JPEGs with Pillow in ``DataLoader`` workers, with the usual
+  random-resized-crop + flip for training and resize + centre crop for evaluation (written here);
+  :func:`write_image_folder` writes a small fake folder (tests, smoke runs).
 
 :class:`TensorData` is the ``TaskData`` the trainable tasks return: seeded mini-batches per epoch,
 ``evaluate(model)`` on the train, validation and test sets, a fixed ``hessian_batch(n)`` and
@@ -26,10 +30,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import pickle
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -408,3 +413,322 @@ def augment_cifar(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.
     batch = torch.arange(n, device=x.device)[:, None, None, None]
     chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
     return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+# --------------------------------------------------------------------------------------------
+# Image folders (ImageNet, Tiny-ImageNet)
+
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TINY_VAL_ANNOTATIONS = "val_annotations.txt"
+Sample = tuple[str, int]
+"""An image's path relative to the data root and its class index."""
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def scan_image_folder(root: str) -> tuple[tuple[str, ...], tuple[Sample, ...], tuple[Sample, ...]]:
+    """``(classes, train, test)`` of an image-classification folder (cached per root).
+
+    ``root/train/<class>/**/*.JPEG`` gives the classes (sorted folder names: class ``i`` is the
+    ``i``-th) and the training images, at any depth (Tiny-ImageNet's ``train/<wnid>/images/``
+    too). The test images are ``root/val/<class>/**/*.JPEG`` (ImageNet's layout), or, when
+    ``root/val/val_annotations.txt`` exists, Tiny-ImageNet's ``root/val/images/<file>`` labelled by
+    that file's first two tab-separated columns (file name, class). ``FileNotFoundError`` or
+    ``ValueError`` name the path and the expected layout."""
+    base = Path(root)
+    hint = (
+        f"expected {base}/train/<class>/*.JPEG and {base}/val/<class>/*.JPEG (or Tiny-ImageNet's "
+        f"val/images/ with val/{TINY_VAL_ANNOTATIONS}); set data_dir or GEOPTIM_DATA"
+    )
+    if not (base / "train").is_dir() or not (base / "val").is_dir():
+        raise FileNotFoundError(f"image folder not found: {hint}")
+    classes = tuple(sorted(p.name for p in (base / "train").iterdir() if p.is_dir()))
+    if not classes:
+        raise FileNotFoundError(f"no class folders in {base / 'train'}: {hint}")
+    index = {name: i for i, name in enumerate(classes)}
+
+    def relative(path: Path) -> str:
+        return path.relative_to(base).as_posix()
+
+    train = tuple(
+        (relative(path), index[name])
+        for name in classes
+        for path in _images_under(base / "train" / name)
+    )
+    annotations = base / "val" / TINY_VAL_ANNOTATIONS
+    if annotations.is_file():
+        test = []
+        for number, line in enumerate(annotations.read_text(encoding="utf-8").splitlines(), 1):
+            fields = line.split("\t")
+            if not line.strip():
+                continue
+            if len(fields) < 2 or fields[1] not in index:
+                raise ValueError(
+                    f"{annotations} line {number}: expected 'file<TAB>class ...' "
+                    f"with a class of {base / 'train'}, got {line!r}"
+                )
+            test.append((f"val/images/{fields[0]}", index[fields[1]]))
+        test_samples = tuple(sorted(test))
+    else:
+        unknown = sorted(
+            p.name for p in (base / "val").iterdir() if p.is_dir() and p.name not in index
+        )
+        if unknown:
+            raise ValueError(f"{base / 'val'} has classes not in train/: {unknown[:5]}; {hint}")
+        test_samples = tuple(
+            (relative(path), i)
+            for name, i in index.items()
+            for path in _images_under(base / "val" / name)
+        )
+    if not train or not test_samples:
+        raise FileNotFoundError(f"no images found under {base}: {hint}")
+    return classes, train, test_samples
+
+
+def random_resized_crop(
+    image: Any, size: int, rng: np.random.Generator, min_scale: float = 0.08
+) -> Any:
+    """A crop of area ``s * H * W`` (``s ~ U[min_scale, 1]``) and aspect ratio ``r`` (``log r ~
+    U[log 3/4, log 4/3]``) at a uniform position, resized to ``size x size`` (bilinear); after ten
+    draws that do not fit, the largest central crop of ratio within ``[3/4, 4/3]``. Then a
+    horizontal flip with probability 1/2. ``image`` is a PIL image."""
+    from PIL import Image
+
+    width, height = image.size
+    area = width * height
+    box = None
+    for _ in range(10):
+        target = area * rng.uniform(min_scale, 1.0)
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        w, h = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+        if 0 < w <= width and 0 < h <= height:
+            left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+            box = (left, top, left + w, top + h)
+            break
+    if box is None:
+        w = min(width, round(height * 4 / 3))
+        h = min(height, round(width * 4 / 3))
+        left, top = (width - w) // 2, (height - h) // 2
+        box = (left, top, left + w, top + h)
+    crop = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return crop
+
+
+def resize_center_crop(image: Any, size: int, crop_ratio: float = 0.875) -> Any:
+    """Resize the shorter side to ``round(size / crop_ratio)`` (bilinear), then the central
+    ``size x size`` crop (ImageNet's evaluation transform: 256 -> 224 at ratio 0.875)."""
+    from PIL import Image
+
+    width, height = image.size
+    short = round(size / crop_ratio)
+    scale = short / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return resized.crop((left, top, left + size, top + size))
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """How a folder image becomes a normalised ``(3, size, size)`` float32 tensor: training
+    images through :func:`random_resized_crop`, evaluation images through
+    :func:`resize_center_crop`; then per-channel standardisation (ImageNet's mean and std)."""
+
+    size: int
+    crop_ratio: float = 0.875
+    min_scale: float = 0.08
+
+    def __call__(self, image: Any, rng: np.random.Generator | None) -> torch.Tensor:
+        if rng is None:
+            image = resize_center_crop(image, self.size, self.crop_ratio)
+        else:
+            image = random_resized_crop(image, self.size, rng, self.min_scale)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        return (pixels.float() / 255.0 - mean) / std
+
+
+class ImageFolderSet(torch.utils.data.Dataset):
+    """``samples`` read with Pillow (as RGB) and transformed. With ``augment_seed = (seed,
+    epoch)`` the random crop of sample ``i`` is drawn from ``numpy.random.default_rng((seed,
+    epoch, i))``: a function of the run seed, the epoch and the image alone, whichever worker
+    loads it; ``None``: the evaluation transform."""
+
+    def __init__(
+        self,
+        root: Path,
+        samples: Sequence[Sample],
+        transform: ImageTransform,
+        augment_seed: tuple[int, int] | None = None,
+    ) -> None:
+        self.root, self.samples, self.transform = root, samples, transform
+        self.augment_seed = augment_seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        path, label = self.samples[i]
+        with Image.open(self.root / path) as image:
+            rgb = image.convert("RGB")
+        rng = None if self.augment_seed is None else np.random.default_rng((*self.augment_seed, i))
+        return self.transform(rgb, rng), label
+
+
+class FolderData:
+    """An image folder (:func:`scan_image_folder`) with the ``TaskData`` interface.
+
+    ``n_val`` training images (chosen with seed 0, the same for every run) are held out for
+    validation; the folder's ``val`` images are the test set. The training list is kept in that
+    seed-0 shuffled order, so its first ``eval_train_size`` images are a random subset.
+    ``train_batches(epoch)`` visits the training images in the order ``torch.randperm`` gives for
+    the generator seeded with ``seed * 1_000_003 + epoch`` (as :class:`TensorData`), loading them
+    with a torch ``DataLoader`` of ``workers`` processes; the batches are a function of ``(seed,
+    epoch)`` whatever ``workers`` is. ``evaluate`` reports ``train_*`` on the first
+    ``eval_train_size`` training images (no augmentation), ``val_*`` and ``test_*``.
+    ``data_hash`` hashes the split file lists and labels (not the image bytes: reading all of
+    ImageNet per run would cost minutes)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        transform: ImageTransform,
+        *,
+        batch_size: int,
+        seed: int,
+        n_val: int,
+        workers: int = 0,
+        eval_train_size: int | None = None,
+        eval_batch_size: int = 256,
+    ) -> None:
+        import PIL.Image  # noqa: F401  (a missing Pillow fails here, not in a loader worker)
+
+        self.root = Path(root).expanduser()
+        self.classes, train, self.test = scan_image_folder(str(self.root))
+        if not 0 <= n_val < len(train):
+            raise ValueError(f"cannot hold out {n_val} of {len(train)} training images")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
+        cut = len(train) - n_val
+        self.train = tuple(train[i] for i in order[:cut])  # shuffled: any prefix spans classes
+        self.val = tuple(train[i] for i in order[cut:])
+        self.transform, self.batch_size, self.seed = transform, batch_size, seed
+        self.workers, self.eval_batch_size = workers, eval_batch_size
+        self.eval_train_size = eval_train_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.train) // self.batch_size)
+
+    def _loader(
+        self,
+        samples: Sequence[Sample],
+        batch: int,
+        augment_seed: tuple[int, int] | None = None,
+        order: Sequence[int] | None = None,
+    ) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            ImageFolderSet(self.root, samples, self.transform, augment_seed),
+            batch_size=batch,
+            sampler=order,
+            num_workers=self.workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.train), generator=gen).tolist()
+        yield from self._loader(self.train, self.batch_size, (self.seed, epoch), order)
+
+    def hessian_batch(self, n: int) -> Batch:
+        """The first ``n`` training images (evaluation transform): the same batch every call."""
+        return next(iter(self._loader(self.train[:n], n)))
+
+    def data_hash(self) -> str:
+        digest = hashlib.sha256()
+        for name, samples in (("train", self.train), ("val", self.val), ("test", self.test)):
+            digest.update(f"{name}:{len(samples)};".encode())
+            digest.update("\n".join(f"{path}\t{label}" for path, label in samples).encode())
+        return digest.hexdigest()[:16]
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        splits = (
+            ("train", self.train[: self.eval_train_size or len(self.train)]),
+            ("val", self.val),
+            ("test", self.test),
+        )
+        metrics = {}
+        for name, samples in splits:
+            if not samples:
+                continue
+            loss, acc = _loader_loss_acc(model, self._loader(samples, self.eval_batch_size))
+            metrics.update({f"{name}_loss": loss, f"{name}_acc": acc})
+        model.train(was_training)
+        return metrics
+
+
+def _loader_loss_acc(model: nn.Module, batches: Any) -> tuple[float, float]:
+    device = next(model.parameters()).device
+    loss_sum, correct, count = 0.0, 0, 0
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        out = model(x)
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum").item()
+        correct += int((out.argmax(1) == y).sum())
+        count += len(y)
+    return loss_sum / count, correct / count
+
+
+def write_image_folder(
+    root: Path,
+    classes: Sequence[str],
+    per_class: int,
+    size: tuple[int, int] = (40, 48),
+    tiny_val: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Write a small fake image folder of random-coloured JPEGs (Pillow) under ``root``:
+    ``train/<class>/`` with ``per_class`` images, and ``val/<class>/`` with two (or, with
+    ``tiny_val``, Tiny-ImageNet's ``val/images/`` and ``val_annotations.txt``). Each class has its
+    own mean colour, so a model can learn it. Returns ``root``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    width, height = size
+
+    def write(path: Path, class_index: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        base = (np.arange(3) * 80 + class_index * 97) % 256
+        pixels = np.clip(base + rng.normal(0, 30, (height, width, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels, "RGB").save(path, "JPEG", quality=90)
+
+    annotations = []
+    for c, name in enumerate(classes):
+        for k in range(per_class):
+            write(root / "train" / name / f"{name}_{k}.JPEG", c)
+        for k in range(2):
+            if tiny_val:
+                file = f"val_{c}_{k}.JPEG"
+                write(root / "val" / "images" / file, c)
+                annotations.append(f"{file}\t{name}\t0\t0\t{width - 1}\t{height - 1}")
+            else:
+                write(root / "val" / name / f"val_{c}_{k}.JPEG", c)
+    if tiny_val:
+        (root / "val" / TINY_VAL_ANNOTATIONS).write_text("\n".join(annotations) + "\n")
+    return root

@@ -10,7 +10,12 @@
 * CIFAR (3 x 32 x 32): the usual CIFAR variants of ResNet-18, ResNet-50 (bottleneck) and VGG-11
   with BatchNorm: a 3x3 stem without max-pooling, four stages of width 64-128-256-512 (times 4 for
   the bottleneck), global average pooling and one linear layer. For 10 classes ResNet-18 has
-  11,173,962 parameters, ResNet-50 23,520,842 and VGG-11 9,231,114.
+  11,173,962 parameters, ResNet-50 23,520,842 and VGG-11 9,231,114. ResNet-101 (bottlenecks
+  [3, 4, 23, 3]) is the AGR paper's fourth CIFAR-100 model. The same models serve Tiny-ImageNet
+  (3 x 64 x 64, 200 classes): the stem is kept at stride 1, so the last stage sees 8 x 8 maps.
+* ImageNet (3 x 224 x 224): ResNet-50/101 with the 7x7 stride-2 stem and 3x3 max-pooling, and
+  VGG-11-BN with its 7x7 average pooling and three-layer classifier (4096-4096, dropout 0.5); for
+  1000 classes they have 25,557,032, 44,549,160 and 132,868,840 parameters (the usual counts).
 """
 
 from __future__ import annotations
@@ -146,8 +151,9 @@ def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Module:
 
 
 class ResNet(nn.Module):
-    """3x3 conv stem + BN + activation, stages of residual blocks (the first block of every stage
-    after the first has stride 2), global average pooling, linear classifier."""
+    """Stem, stages of residual blocks (the first block of every stage after the first has stride
+    2), global average pooling, linear classifier. ``stem="cifar"``: 3x3 conv + BN + activation;
+    ``"imagenet"``: 7x7 stride-2 conv + BN + activation + 3x3 stride-2 max-pooling (/4)."""
 
     def __init__(
         self,
@@ -157,12 +163,24 @@ class ResNet(nn.Module):
         num_classes: int,
         in_channels: int = 3,
         activation: str = "relu",
+        stem: str = "cifar",
     ) -> None:
         super().__init__()
+        if stem not in ("cifar", "imagenet"):
+            raise ValueError(f"unknown stem {stem!r}; known: cifar, imagenet")
+        big = stem == "imagenet"
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+            nn.Conv2d(
+                in_channels,
+                widths[0],
+                7 if big else 3,
+                2 if big else 1,
+                3 if big else 1,
+                bias=False,
+            ),
             nn.BatchNorm2d(widths[0]),
             make_activation(activation),
+            *([nn.MaxPool2d(3, 2, 1)] if big else []),
         )
         layers: list[nn.Module] = []
         c_in = widths[0]
@@ -181,7 +199,9 @@ class ResNet(nn.Module):
 
 class VGG(nn.Module):
     """``cfg`` lists conv widths (3x3, padding 1, with bias, BN, activation) and ``"M"`` for 2x2
-    max-pooling; then flatten and one linear classifier."""
+    max-pooling; then flatten and one linear classifier (``hidden=()``), or, for ImageNet,
+    ``hidden=(4096, 4096)``: 7x7 adaptive average pooling and linear-activation-dropout(0.5)
+    layers of those widths before the classifier."""
 
     def __init__(
         self,
@@ -190,6 +210,7 @@ class VGG(nn.Module):
         in_channels: int = 3,
         spatial: int = 32,
         activation: str = "relu",
+        hidden: Sequence[int] = (),
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -206,8 +227,20 @@ class VGG(nn.Module):
                     make_activation(activation),
                 ]
                 c_in = item
+        if hidden:
+            layers.append(nn.AdaptiveAvgPool2d(7))
+            spatial = 7
         self.features = nn.Sequential(*layers)
-        self.fc = nn.Linear(c_in * spatial * spatial, num_classes)
+        head: list[nn.Module] = []
+        width = c_in * spatial * spatial
+        for size in hidden:
+            head += [nn.Linear(width, size), make_activation(activation), nn.Dropout(0.5)]
+            width = size
+        self.fc = (
+            nn.Sequential(*head, nn.Linear(width, num_classes))
+            if hidden
+            else nn.Linear(width, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x).flatten(1))
@@ -227,15 +260,40 @@ def resnet50(num_classes: int = 10, activation: str = "relu") -> ResNet:
     return ResNet(Bottleneck, [3, 4, 6, 3], [64, 128, 256, 512], num_classes, 3, activation)
 
 
+def resnet101(num_classes: int = 10, activation: str = "relu") -> ResNet:
+    """CIFAR ResNet-101: Bottlenecks [3, 4, 23, 3], widths 64-512 (outputs 256-2048)."""
+    return ResNet(Bottleneck, [3, 4, 23, 3], [64, 128, 256, 512], num_classes, 3, activation)
+
+
 VGG11_CFG: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 
-def vgg11(num_classes: int = 10, activation: str = "relu") -> VGG:
-    """CIFAR VGG-11 with BN: eight convs, five poolings (32 -> 1), linear 512 -> classes."""
-    return VGG(VGG11_CFG, num_classes, 3, 32, activation)
+def vgg11(num_classes: int = 10, activation: str = "relu", spatial: int = 32) -> VGG:
+    """CIFAR VGG-11 with BN: eight convs, five poolings (32 -> 1), linear 512 -> classes; at
+    ``spatial`` 64 (Tiny-ImageNet) the linear layer reads 512 x 2 x 2."""
+    return VGG(VGG11_CFG, num_classes, 3, spatial, activation)
 
 
-CIFAR_MODELS = {"resnet18": resnet18, "resnet50": resnet50, "vgg11": vgg11}
+CIFAR_MODELS = {"resnet18": resnet18, "resnet50": resnet50, "resnet101": resnet101, "vgg11": vgg11}
+"""The CIFAR (and Tiny-ImageNet) models by name: ``CIFAR_MODELS[name](num_classes, activation)``."""
+
+BOTTLENECK_DEPTHS = {"resnet50": [3, 4, 6, 3], "resnet101": [3, 4, 23, 3]}
+
+
+def imagenet_model(name: str, num_classes: int = 1000, activation: str = "relu") -> nn.Module:
+    """ImageNet-size ``"resnet50"``, ``"resnet101"`` (7x7 stem) or ``"vgg11"`` (VGG-11-BN with
+    the 4096-4096 classifier)."""
+    if name == "vgg11":
+        return VGG(VGG11_CFG, num_classes, 3, 224, activation, hidden=(4096, 4096))
+    if name not in BOTTLENECK_DEPTHS:
+        raise ValueError(f"unknown ImageNet model {name!r}; known: {', '.join(IMAGENET_MODELS)}")
+    widths = [64, 128, 256, 512]
+    return ResNet(
+        Bottleneck, BOTTLENECK_DEPTHS[name], widths, num_classes, 3, activation, "imagenet"
+    )
+
+
+IMAGENET_MODELS = ("resnet50", "resnet101", "vgg11")
 
 
 class DigitsResNet(ResNet):
@@ -277,3 +335,45 @@ class MNIST1DCNN(nn.Module):
 def count_params(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# --------------------------------------------------------------------------------------------
+# GPU training options
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}
+
+
+class Accelerated(nn.Module):
+    """``net`` trained the way GPUs train it: with ``channels_last`` the weights and every input
+    batch are in NHWC memory order; with ``amp="bf16"`` the forward pass runs under
+    ``torch.autocast`` (bfloat16 matmuls and convolutions, float32 weights, so the optimizer steps
+    in float32) and the output is returned as float32, so the loss is computed in float32."""
+
+    def __init__(self, net: nn.Module, amp: str = "none", channels_last: bool = False) -> None:
+        super().__init__()
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"unknown amp {amp!r}; known: {', '.join(AMP_DTYPES)}")
+        self.net, self.amp, self.channels_last = net, amp, channels_last
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = AMP_DTYPES[self.amp]
+        if dtype is None:
+            return self.net(x)
+        with torch.autocast(x.device.type, dtype=dtype):
+            return self.net(x).float()
+
+
+def accelerate(
+    net: nn.Module, amp: str = "none", channels_last: bool = False, compile: bool = False
+) -> nn.Module:
+    """``net`` itself when every option is off (so default runs build the very same module),
+    else :class:`Accelerated`; ``compile`` compiles the model in place (``nn.Module.compile``,
+    parameter names unchanged)."""
+    model = net if amp == "none" and not channels_last else Accelerated(net, amp, channels_last)
+    if compile:
+        model.compile()
+    return model

@@ -16,9 +16,22 @@ Two sources (``geoptim bench --presets tuned|paper``):
   as such.
 * **paper**: the papers' own values, with the citation as provenance:
 
-  - LPSGD paper, hyper-parameter tables (CIFAR-10/100, VGG-11 / ResNet-18): SGD-momentum lr 0.1,
-    AdamW lr 1e-3 wd 0.1, LPSGDM lr 1e-3 p_max 6 momentum 0.9 wd 1e-2, warmup + cosine decay;
-    the small CPU tasks (``digits``, ``mnist1d``) take these CIFAR values unchanged.
+  - The GPU tasks (CIFAR-10/100, ImageNet, Tiny-ImageNet) take theirs from :data:`PAPER_TABLES`,
+    one entry per task *and architecture* (the options a task lists in ``PRESET_OPTIONS``:
+    ``cifar100[model=vgg11]``, ``imagenet[batch_size=256,model=resnet50]``), with the table it
+    comes from. Nothing is shared between architectures: a (task, architecture, optimizer) the
+    tables do not give raises :class:`MissingPreset` (``geoptim bench --dry-run`` names it).
+    LPSGD paper, tables 4-6 (CIFAR-10, CIFAR-100, ImageNet: SGD-momentum, AdamW, Lion, LPSGDM,
+    batch 128, warmup + cosine decay); plain SGD and LPSGD (its fig. 2) take the SGDM and LPSGDM
+    values with momentum 0, the paper giving none of their own. AGR paper, section 5.1/5.3 (CIFAR-
+    100 ResNet-101 and Tiny-ImageNet): AdamW at its defaults (lr 1e-3, betas (0.9, 0.999), wd
+    1e-2); on the CIFAR-100 models the LPSGD paper tunes, AdamW and AdamW-AGR run at its table-5
+    AdamW values (one preset per key). SepNorm paper, table 5 (ImageNet ResNet-50, batch 256,
+    5 warmup epochs of 100, cosine): AdamW, Lion and SepNorm; its table 2's batch sizes 64 and 512
+    scale the lr linearly and keep the weight decay.
+  - The small CPU tasks (``digits``, ``mnist1d``, ...) take the LPSGD paper's CIFAR values
+    unchanged: SGD-momentum lr 0.1, AdamW lr 1e-3 wd 0.1, LPSGDM lr 1e-3 p_max 6 momentum 0.9 wd
+    1e-2, warmup + cosine decay.
   - SepNorm paper, table 4 (grokking, one-layer transformer, 15000 steps, no schedule): AdamW lr
     1e-3 betas (0.9, 0.98) wd 1; Lion and SepNorm lr 1e-3 betas (0.9, 0.99) wd 5; OrtSepNorm wd
     0.1; the grokking MLP takes the same values.
@@ -36,6 +49,7 @@ paired LPSGDM run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -47,6 +61,7 @@ PRESETS_SUBDIR = "presets"
 SHIPPED_FILE = Path(__file__).with_name("tuned_presets.json")
 PRESET_BASE = {"adamw_agr": "adamw", "adan_agr": "adan", "sgdm_rms": "lpsgdm"}
 """Optimizers that take another optimizer's preset."""
+CIFAR_MODEL_NAMES = ("resnet18", "resnet50", "resnet101", "vgg11")
 
 _SCHEDULE = {"warmup_frac": 0.05, "lr_schedule": "cosine"}
 
@@ -85,28 +100,121 @@ TASK_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "sepnorm": {"lr": 0.01, "betas": (0.0, 0.0)},
         "lpsgd": {"lr": 0.1, "p_max": 6},
     },
-    "cifar10": {
-        "sgdm": {"lr": 0.1, "weight_decay": 1e-3},
-        "adamw": {"lr": 1e-3, "weight_decay": 0.1},
-        "lion": {"lr": 1e-4, "betas": (0.9, 0.999), "weight_decay": 1e-3},
-        "lpsgdm": {"lr": 1e-3, "p_max": 6, "weight_decay": 1e-2},
-    },
-    "cifar100": {
-        "sgdm": {"lr": 0.1, "weight_decay": 1e-2},
-        "adamw": {"lr": 1e-2, "weight_decay": 0.1},
-        "lion": {"lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.1},
-        "lpsgdm": {"lr": 1e-2, "p_max": 6, "weight_decay": 0.1},
-    },
 }
 """Per task, overrides of :data:`DEFAULT_PRESETS`; ``"*"`` applies to every optimizer."""
 
 CITATIONS = {
     "grokking": "SepNorm paper, table 4 (one-layer transformer)",
     "quadratic": "LPSGD paper, fig. 3 setting; lrs the project's (fastest to target, strong)",
-    "cifar10": "LPSGD paper, hyper-parameter tables (CIFAR-10)",
-    "cifar100": "LPSGD paper, hyper-parameter tables (CIFAR-100)",
 }
 DEFAULT_CITATION = "LPSGD paper's CIFAR settings (SepNorm paper's Lion rule; Adan's defaults)"
+
+
+class MissingPreset(ValueError):
+    """A GPU task's (task, architecture, optimizer) that :data:`PAPER_TABLES` does not give."""
+
+
+def _lpsgd_table(
+    citation: str,
+    sgdm: tuple[float, float],
+    adamw: tuple[float, float],
+    lion: tuple[float, float],
+    lpsgdm: tuple[float, float, float],
+    lion_beta2: float = 0.999,
+) -> dict[str, Any]:
+    """One model's row block of the LPSGD paper's tables 4-6: ``(lr, wd)`` per optimizer and
+    ``(p_max, lr, wd)`` for LPSGDM; momentum 0.9, AdamW betas (0.9, 0.999), Lion betas (0.9,
+    ``lion_beta2``). SGD and LPSGD (fig. 2) are SGDM and LPSGDM with momentum 0."""
+    p_max, lp_lr, lp_wd = lpsgdm
+    return {
+        "citation": citation,
+        "sgdm": {"lr": sgdm[0], "momentum": 0.9, "weight_decay": sgdm[1]},
+        "sgd": {"lr": sgdm[0], "weight_decay": sgdm[1]},
+        "adamw": {"lr": adamw[0], "betas": (0.9, 0.999), "weight_decay": adamw[1]},
+        "lion": {"lr": lion[0], "betas": (0.9, lion_beta2), "weight_decay": lion[1]},
+        "lpsgdm": {"lr": lp_lr, "p_max": p_max, "momentum": 0.9, "weight_decay": lp_wd},
+        "lpsgd": {"lr": lp_lr, "p_max": p_max, "weight_decay": lp_wd},
+    }
+
+
+AGR_ADAMW = {
+    "citation": "AGR paper, sections 5.1 and 5.3 (AdamW at its default settings)",
+    "adamw": {"lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 1e-2},
+}
+
+
+def _sepnorm_table(batch_size: int) -> dict[str, Any]:
+    """The SepNorm paper's table 5 (batch 256), its lrs scaled by ``batch_size / 256``."""
+    scale = batch_size / 256
+    note = "" if batch_size == 256 else f", lr scaled linearly to batch {batch_size} (table 2)"
+    return {
+        "citation": f"SepNorm paper, table 5 (ImageNet ResNet-50, batch 256){note}",
+        "adamw": {"lr": 7.5e-4 * scale, "betas": (0.9, 0.999), "weight_decay": 0.1},
+        "lion": {"lr": 7.5e-5 * scale, "betas": (0.9, 0.99), "weight_decay": 1.0},
+        "sepnorm": {"lr": 7.5e-5 * scale, "betas": (0.9, 0.99), "weight_decay": 1.0},
+    }
+
+
+PAPER_TABLES: dict[str, dict[str, Any]] = {
+    "cifar10[model=vgg11]": _lpsgd_table(
+        "LPSGD paper, table 4 (CIFAR-10, VGG-11)",
+        (0.1, 1e-3),
+        (1e-3, 0.1),
+        (1e-4, 1e-3),
+        (6, 1e-3, 1e-2),
+    ),
+    "cifar10[model=resnet18]": _lpsgd_table(
+        "LPSGD paper, table 4 (CIFAR-10, ResNet-18)",
+        (0.1, 1e-3),
+        (1e-3, 0.1),
+        (1e-4, 1e-3),
+        (6, 1e-3, 1e-2),
+    ),
+    "cifar10[model=resnet50]": _lpsgd_table(
+        "LPSGD paper, table 4 (CIFAR-10, ResNet-50)",
+        (0.05, 5e-4),
+        (1e-3, 1e-4),
+        (1e-4, 5e-4),
+        (6, 2e-3, 1e-4),
+    ),
+    "cifar100[model=vgg11]": _lpsgd_table(
+        "LPSGD paper, table 5 (CIFAR-100, VGG-11)",
+        (0.1, 1e-3),
+        (1e-3, 1e-3),
+        (1e-4, 1e-4),
+        (8, 5e-4, 5e-4),
+    ),
+    "cifar100[model=resnet18]": _lpsgd_table(
+        "LPSGD paper, table 5 (CIFAR-100, ResNet-18)",
+        (0.1, 1e-2),
+        (1e-2, 0.1),
+        (1e-3, 0.1),
+        (6, 1e-2, 0.1),
+    ),
+    "cifar100[model=resnet50]": _lpsgd_table(
+        "LPSGD paper, table 5 (CIFAR-100, ResNet-50)",
+        (0.1, 1e-5),
+        (1e-3, 0.1),
+        (1e-3, 1e-5),
+        (6, 1e-3, 0.1),
+    ),
+    "cifar100[model=resnet101]": AGR_ADAMW,
+    "imagenet[batch_size=128,model=resnet50]": _lpsgd_table(
+        "LPSGD paper, table 6 (ImageNet-1K, ResNet-50)",
+        (0.01, 5e-4),
+        (1e-3, 1e-4),
+        (3e-4, 1e-2),
+        (9, 2e-3, 5e-3),
+        lion_beta2=0.99,
+    ),
+    **{
+        f"imagenet[batch_size={batch},model=resnet50]": _sepnorm_table(batch)
+        for batch in (64, 256, 512)
+    },
+    **{f"tinyimagenet[model={model}]": AGR_ADAMW for model in CIFAR_MODEL_NAMES},
+}
+"""The GPU tasks' paper presets by :func:`preset_key` (over :data:`DEFAULT_PRESETS` and the
+warmup + cosine schedule), each with its ``citation``."""
 
 
 def paper_preset(
@@ -116,6 +224,9 @@ def paper_preset(
     variant (``grokking[model=transformer]``) has its own entry or falls back to the task's."""
     if optimizer not in DEFAULT_PRESETS:
         raise KeyError(f"no preset for optimizer {optimizer!r}")
+    key = preset_key(task, task_overrides or {})
+    if key is not None:
+        return {**_SCHEDULE, **DEFAULT_PRESETS[optimizer], **_table_entry(key, optimizer)[1]}
     per_task = TASK_PRESETS.get(task_label(task, task_overrides or {}), TASK_PRESETS.get(task, {}))
     base = PRESET_BASE.get(optimizer, optimizer)
     return {
@@ -126,13 +237,51 @@ def paper_preset(
     }
 
 
-def paper_provenance(task: str, optimizer: str) -> dict[str, Any]:
+def paper_provenance(
+    task: str, optimizer: str, task_overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The provenance of a paper preset."""
+    key = preset_key(task, task_overrides or {})
+    citation = CITATIONS.get(task, DEFAULT_CITATION)
+    if key is not None:
+        citation = _table_entry(key, optimizer)[0]
     return {
         "source": "paper",
-        "citation": CITATIONS.get(task, DEFAULT_CITATION),
+        "citation": citation,
         "optimizer": PRESET_BASE.get(optimizer, optimizer),
     }
+
+
+def preset_key(task: str, task_overrides: dict[str, Any]) -> str | None:
+    """``task[option=value,...]`` over the options a GPU task's ``PRESET_OPTIONS`` names (its
+    defaults filled in, other options left out: ``data_dir`` or ``amp`` select no preset), the
+    key of :data:`PAPER_TABLES`; ``None`` for a task without ``PRESET_OPTIONS``."""
+    from geoptim.bench.tasks import TASKS
+
+    cls = TASKS.get(task)
+    names = getattr(cls, "PRESET_OPTIONS", ())
+    if not names:
+        return None
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    return task_label(task, {name: task_overrides.get(name, defaults[name]) for name in names})
+
+
+def _table_entry(key: str, optimizer: str) -> tuple[str, dict[str, Any]]:
+    """``(citation, hparams)`` of ``optimizer`` (or the optimizer whose preset it takes) under
+    ``key``; :class:`MissingPreset` when the tables give none."""
+    table = PAPER_TABLES.get(key, {})
+    base = PRESET_BASE.get(optimizer, optimizer)
+    if base not in table:
+        given = ", ".join(name for name in table if name != "citation") or "none"
+        raise MissingPreset(
+            f"no preset for {key} x {optimizer}: the papers' tables give {given} there "
+            "(add it to PAPER_TABLES in geoptim/bench/presets.py; geoptim bench also takes "
+            "--preset-file)"
+        )
+    citation = table["citation"]
+    if base in ("sgd", "lpsgd"):
+        citation += "; SGDM's / LPSGDM's values with momentum 0 (fig. 2 gives none of its own)"
+    return citation, table[base]
 
 
 def preset_filename(task: str, task_overrides: dict[str, Any], optimizer: str) -> str:
@@ -246,5 +395,5 @@ class Presets:
         """How the preset of ``hparams`` was chosen (a fresh dict)."""
         tuned = self._find(task, task_overrides, optimizer)
         if tuned is None:
-            return paper_provenance(task, optimizer)
+            return paper_provenance(task, optimizer, task_overrides)
         return {**tuned["provenance"], "optimizer": tuned["optimizer"]}

@@ -15,9 +15,13 @@ so every comparison is a paired test over the seeds both arms ran.
   SepNorm beside them, the p_max sweep, the grokking MLP's weight-decay sweep (the
   same ``lr * wd`` values for every optimizer) and the canonical one-layer transformer (one seed
   per optimizer: a 3000-step run costs ~14 CPU-min, so its rows are descriptive).
-* ``full``: GPU scale (CIFAR-10/100, the transformer with 10 seeds, curvature and momentum
-  tracing), the same protocol; ``--dry-run`` prints its runs and device-hours per paper table
-  (:func:`table_plan_text`).
+* ``full``: the CPU experiments at larger scale (the transformer with 10 seeds, curvature and
+  momentum tracing) and, on a GPU, one block per paper table (``Experiment.table``): the LPSGD
+  paper's tables 1-3 (CIFAR-10/100 x VGG-11 / ResNet-18 / ResNet-50, ImageNet ResNet-50), its
+  fig. 2 (LPSGD vs SGD) and fig. 4 (p_max), the AGR paper's CIFAR-100 and Tiny-ImageNet runs
+  (ResNet-18/50/101, VGG-11) and the SepNorm paper's table 2 (ResNet-50 at batch 64/256/512),
+  at the papers' epochs, seeds and presets (:data:`geoptim.bench.presets.PAPER_TABLES`);
+  ``--dry-run`` prints its runs and device-hours per paper table (:func:`table_plan_text`).
 * ``smoke``: every (task, options, run kind) and every optimizer of the suites above, for three
   steps on the CPU, on stand-in data where the real data is a folder (:func:`smoke_experiments`):
   a check that a long run will not die on a typo.
@@ -65,9 +69,9 @@ class Experiment:
     budget for the suite. ``kind`` is the run kind (:data:`geoptim.bench.runner.EXECUTORS`):
     ``"train"``, or an analysis experiment. ``lr_wd``: a weight-decay sweep, one variant per
     value with ``weight_decay = value / lr`` of each optimizer's preset, so every optimizer runs
-    at the same decoupled shrink per step. ``table``: the paper item the experiment reproduces
-    (``"LPSGD Table 1 (CIFAR-10)"``), which groups the full suite's dry-run plan; defaults to
-    ``name``.
+    at the same decoupled shrink per step. ``table``: the paper table (or figure) the experiment
+    reproduces (``"LPSGD table 1"``), which groups the full suite's dry-run plan; ``""`` (the
+    default) becomes the experiment name.
     """
 
     name: str
@@ -155,6 +159,81 @@ def _agr(seeds: int) -> tuple[Experiment, ...]:
 QUICK_SEEDS = 10
 STANDARD_SEEDS = 20
 
+LPSGD_TABLE = ("sgdm", "adamw", "lion", "lpsgdm")
+"""The optimizers of the LPSGD paper's tables 1-3."""
+CIFAR_SEEDS = 5
+"""The LPSGD paper reports mean +- sd without saying over how many runs: 5 paired seeds."""
+IMAGENET_SEEDS = 3
+AGR_SEEDS = 4
+"""The AGR paper runs every experiment four times (section 5.1)."""
+SEPNORM_SEEDS = 5
+"""The SepNorm paper's ImageNet runs are averaged over five (its sd is given at batch 256 only)."""
+RESNET18 = {"model": "resnet18"}
+SEPNORM_BATCHES = (64, 256, 512)
+
+
+def _paper_tables() -> tuple[Experiment, ...]:
+    """The GPU experiments of the full suite, one block per paper table, at the papers' epochs
+    (the tasks' ``full`` budgets: CIFAR 200, ImageNet 60, Tiny-ImageNet 200; SepNorm's
+    ImageNet 100) and presets (:data:`geoptim.bench.presets.PAPER_TABLES`)."""
+    lpsgd = [
+        Experiment(
+            "lpsgd-table",
+            task,
+            LPSGD_TABLE,
+            seeds=CIFAR_SEEDS,
+            task_overrides={"model": model},
+            table=table,
+        )
+        for task, table in (("cifar10", "LPSGD table 1"), ("cifar100", "LPSGD table 2"))
+        for model in ("vgg11", "resnet18", "resnet50")
+    ]
+    step_size = [
+        replace(exp, seeds=CIFAR_SEEDS, task_overrides=RESNET18, table="LPSGD table 1 controls")
+        for exp in _step_size("cifar10", CIFAR_SEEDS)
+    ]
+    imagenet = Experiment(
+        "lpsgd-table",
+        "imagenet",
+        LPSGD_TABLE,
+        seeds=IMAGENET_SEEDS,
+        task_overrides={"model": "resnet50"},
+        table="LPSGD table 3",
+    )
+    plain_sgd = [
+        Experiment(
+            "lpsgd-vs-sgd",
+            task,
+            ("sgd", "lpsgd"),
+            seeds=CIFAR_SEEDS,
+            task_overrides={"model": model},
+            table="LPSGD fig. 2",
+        )
+        for task, model in (("cifar10", "resnet18"), ("cifar100", "resnet50"))
+    ]
+    agr = [
+        Experiment("agr", task, AGR, seeds=AGR_SEEDS, task_overrides={"model": model}, table=table)
+        for task, table in (
+            ("cifar100", "AGR CIFAR-100 (sec. 5.3.1)"),
+            ("tinyimagenet", "AGR table 5"),
+        )
+        for model in ("resnet18", "resnet50", "resnet101", "vgg11")
+    ]
+    sepnorm = [
+        Experiment(
+            "sepnorm-batch",
+            "imagenet",
+            ("adamw", "sepnorm"),
+            seeds=SEPNORM_SEEDS if batch == 256 else 1,
+            task_overrides={"model": "resnet50", "batch_size": batch, "amp": "bf16"},
+            budget={"epochs": 100},
+            table="SepNorm table 2",
+        )
+        for batch in SEPNORM_BATCHES
+    ]
+    return (*lpsgd, *step_size, imagenet, *plain_sgd, *agr, *sepnorm)
+
+
 SUITES: dict[str, tuple[Experiment, ...]] = {
     "quick": (
         *_step_size("digits", QUICK_SEEDS),
@@ -201,11 +280,8 @@ SUITES: dict[str, tuple[Experiment, ...]] = {
         *_step_size("mnist1d", STANDARD_SEEDS),
         Experiment("others", "digits", OTHERS, seeds=STANDARD_SEEDS),
         Experiment("others", "mnist1d", OTHERS, seeds=STANDARD_SEEDS),
-        *_step_size("cifar10", 5),
-        Experiment("others", "cifar10", ("adamw", "lion"), seeds=5),
-        Experiment("lpsgdm-vs-sgdm", "cifar100", ("sgdm", "lpsgdm", "adamw", "lion"), seeds=5),
+        *_paper_tables(),
         *_agr(STANDARD_SEEDS),
-        Experiment("agr", "cifar100", AGR + ADAN, seeds=5),
         Experiment(
             "agr-late",
             "digits",
@@ -224,8 +300,10 @@ SUITES: dict[str, tuple[Experiment, ...]] = {
             "p-max",
             "cifar10",
             ("lpsgdm",),
-            seeds=5,
+            seeds=CIFAR_SEEDS,
+            task_overrides=RESNET18,
             variants=tuple({"p_max": p} for p in (2.0, 4.0, 8.0, 12.0, 14.0)),
+            table="LPSGD fig. 4",
         ),
         Experiment("quadratic", "quadratic", QUADRATIC, seeds=3),
         Experiment(
@@ -273,8 +351,8 @@ SMOKE_BUDGETS: dict[str, dict[str, Any]] = {
 }
 """The smoke suite's budget per run kind (it replaces the task's budget; a kind not listed gets
 the ``"train"`` one): a few steps, one evaluation after them."""
-SMOKE_BATCH_SIZE = 8
-"""The batch size of smoke runs on stand-in data (a ResNet-50 step on 8 images is CPU-cheap)."""
+SMOKE_BATCH_SIZE = 4
+"""The batch size of smoke runs on stand-in data (a ResNet-101 step on 4 images is CPU-cheap)."""
 
 
 def smoke_experiments(suites: dict[str, tuple[Experiment, ...]]) -> tuple[Experiment, ...]:
@@ -317,8 +395,8 @@ def for_smoke_run(experiments: Sequence[Experiment], root: Path) -> list[Experim
     """``experiments`` on the CPU (``device="cpu"`` for a task with a ``device`` option) and,
     for a task with ``write_stand_in(root)`` (its real data is a folder: CIFAR pickles, an
     ImageNet tree), on small generated data written under ``root/<task>`` (once per task; the
-    overrides it returns are laid over the experiment's) in batches of
-    :data:`SMOKE_BATCH_SIZE`."""
+    overrides it returns are laid over the experiment's) in batches of :data:`SMOKE_BATCH_SIZE`
+    (unless the experiment sets the batch size or the task's preset depends on it)."""
     from geoptim.bench.tasks import TASKS, get_task
 
     written: dict[str, dict[str, Any]] = {}
@@ -334,7 +412,9 @@ def for_smoke_run(experiments: Sequence[Experiment], root: Path) -> list[Experim
                 task = get_task(exp.task, **overrides)
                 written[exp.task] = task.write_stand_in(root / exp.task)
             overrides.update(written[exp.task])
-            if "batch_size" in options:
+            # a batch size the experiment chose, or one its preset depends on, is kept
+            fixed = {*exp.task_overrides, *getattr(cls, "PRESET_OPTIONS", ())}
+            if "batch_size" in options and "batch_size" not in fixed:
                 overrides["batch_size"] = SMOKE_BATCH_SIZE
         chosen.append(replace(exp, task_overrides=overrides))
     return chosen

@@ -128,7 +128,7 @@ def plan(args: argparse.Namespace) -> tuple[list[RunSpec], dict[str, str]]:
     """The run specs the arguments ask for and the paper table of each (by run id);
     :class:`ConfigError` on any bad value (the output directory included: created and
     test-written unless ``--dry-run``)."""
-    from geoptim.bench.presets import PRESETS_SUBDIR, load_presets
+    from geoptim.bench.presets import PRESETS_SUBDIR, MissingPreset, load_presets
     from geoptim.bench.records import canonical_json, records_dir
     from geoptim.bench.suites import SMOKE, build_specs, for_smoke_run, select, tables_of
 
@@ -150,7 +150,10 @@ def plan(args: argparse.Namespace) -> tuple[list[RunSpec], dict[str, str]]:
             "no run left: the optimizers chosen appear in none of the suite's experiments"
         )
     check_optimizers({name for exp in experiments for name in exp.optimizers})
-    specs = build_specs(experiments, presets, args.suite, make_task)
+    try:
+        specs = build_specs(experiments, presets, args.suite, make_task)
+    except MissingPreset as err:
+        raise ConfigError(str(err)) from None
     writable_dir(args.out, create=False)  # a file in the way is found before the slower checks
     settings = {(s.optimizer, canonical_json(s.hparams)): s for s in specs}
     for spec in settings.values():

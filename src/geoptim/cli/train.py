@@ -12,9 +12,11 @@ process)::
 
 Every rank builds the same model and data (same seed); each global mini-batch is split across
 the ranks (:func:`geoptim.distributed.rank_slice`), so the run sees the same global batches as a
-single-process one. The lr schedule and the p schedule (``--hparam p_max=6`` for LPSGD/LPSGDM)
-are those of the benchmark (:func:`geoptim.bench.training.setup_optimizer`). Rank 0 prints one
-line per epoch and, with ``--out``, writes the metrics as JSON.
+single-process one. The GPU tasks' options (``--task-option amp=bf16``, ``channels_last=true``,
+``compile=true``, ``device=cuda``) apply here as in ``geoptim bench``. The lr schedule and the p
+schedule (``--hparam p_max=6`` for LPSGD/LPSGDM) are those of the benchmark
+(:func:`geoptim.bench.training.setup_optimizer`). Rank 0 prints one line per epoch and, with
+``--out``, writes the metrics as JSON.
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ def check_launch(distributed: str, backend: str | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from geoptim.bench.tasks import TrainableTask
+    from geoptim.bench.tasks.cifar import GPUTask
     from geoptim.bench.training import setup_optimizer
 
     name, inline = parse_task(args.task)  # digits:model=vgg, as in bench and tune
@@ -132,6 +135,11 @@ def run(args: argparse.Namespace) -> int:
     task = make_task(name, options)
     if not isinstance(task, TrainableTask):
         raise ConfigError(f"task {name!r} has no model and data for `geoptim train`")
+    if args.distributed == "fsdp2" and getattr(task, "channels_last", False):
+        raise ConfigError(
+            "channels_last=true does not work with --distributed fsdp2 (FSDP2 "
+            "shards contiguous parameters only); use ddp or leave it off"
+        )
     hparams = {"lr": args.lr, "weight_decay": args.weight_decay, **dict(args.hparam)}
     check_hparams(args.optimizer, hparams)
     check_launch(args.distributed, args.backend)
@@ -141,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
     joined_here = distributed and not dist.is_initialized()
     if distributed:
         device = init_from_env(args.backend)
+    elif isinstance(task, GPUTask):
+        device = task.torch_device()  # its device option (auto, cuda or cpu)
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     is_main = not distributed or dist.get_rank() == 0

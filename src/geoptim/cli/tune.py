@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from geoptim.bench.executors import ExecutorError
-    from geoptim.bench.presets import PRESETS_SUBDIR
+    from geoptim.bench.presets import PRESETS_SUBDIR, MissingPreset, paper_preset
     from geoptim.bench.records import records_dir
     from geoptim.bench.runner import DirectoryBusy, default_workers
     from geoptim.bench.tune import TUNE_SUBDIR, tune
@@ -73,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
     name, overrides = task_variant(args.task)
     check_optimizers([args.optimizer])
     task = make_task(name, overrides)
+    try:
+        paper_preset(name, args.optimizer, overrides)  # the grid is centred on it
+    except MissingPreset as err:
+        raise ConfigError(str(err)) from None
     if hasattr(task, "make_data"):
         task_data(task, 0)  # missing data (CIFAR) would fail every trial
     out = writable_dir(args.out)

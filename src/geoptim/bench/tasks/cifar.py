@@ -1,4 +1,5 @@
-"""CIFAR-10 / CIFAR-100 (the LPSGD paper's tables 1-2): VGG-11 (BN), ResNet-18, ResNet-50.
+"""CIFAR-10 / CIFAR-100 (the LPSGD paper's tables 1-2, the AGR paper's CIFAR-100 runs): VGG-11
+(BN), ResNet-18, ResNet-50, ResNet-101.
 
 Data from a local folder in the standard python-pickle layout (``data_dir`` option, else
 ``$GEOPTIM_DATA``, else ``~/data``; see :func:`geoptim.bench.data.load_cifar`), per-channel
@@ -8,6 +9,10 @@ GPU only: ``device`` ``"auto"`` picks CUDA when present). Train metrics are meas
 ``eval_train_size`` (10000) training images without augmentation, test metrics on the whole test
 set; ``n_val`` (5000) training images, fixed (seed 0), are held out for validation. The
 ``quick`` budget is a smoke run (two epochs of 20 mini-batches).
+
+GPU training options (:class:`GPUTask`, shared with the image-folder tasks): ``device``,
+``amp="bf16"`` (autocast), ``channels_last`` and ``compile`` (``torch.compile`` of the model), all
+off by default. The paper presets are looked up per architecture (``PRESET_OPTIONS``).
 """
 
 from __future__ import annotations
@@ -30,21 +35,49 @@ from geoptim.bench.data import (
     load_cifar,
     normalize_cifar,
 )
-from geoptim.bench.models import ACTIVATIONS, CIFAR_MODELS
+from geoptim.bench.models import ACTIVATIONS, AMP_DTYPES, CIFAR_MODELS, accelerate
 from geoptim.bench.records import write_atomic
 from geoptim.bench.tasks.base import TrainableTask, option
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
-STAND_IN_TRAIN, STAND_IN_TEST = 1024, 64
+DEVICES = ("auto", "cuda", "cpu")
+STAND_IN_TRAIN, STAND_IN_TEST = 1024, 16
 """Images of the stand-in data (:meth:`CifarTask.write_stand_in`): enough full batches of 128
 for the dry run to time a few steps."""
 
 
 @dataclasses.dataclass
-class CifarTask(TrainableTask):
+class GPUTask(TrainableTask):
+    """A trainable task with the options of GPU training: ``device`` (``"auto"``: CUDA when
+    present), ``amp`` (``"none"`` or ``"bf16"`` autocast), ``channels_last`` and ``compile``; a
+    subclass builds its network in ``_network`` and gets it wrapped
+    (:func:`geoptim.bench.models.accelerate`)."""
+
+    PRESET_OPTIONS: ClassVar[tuple[str, ...]] = ("model",)
+    """The options that select the papers' preset (:mod:`geoptim.bench.presets`)."""
+
+    device: str = option("auto", choices=DEVICES)
+    amp: str = option("none", choices=tuple(AMP_DTYPES))
+    channels_last: bool = False
+    compile: bool = False
+
+    def _network(self) -> nn.Module:
+        raise NotImplementedError
+
+    def estimated_seconds(self, budget: dict[str, Any], optimizer: str | None = None) -> float:
+        """0: a GPU task has no measured CPU cost (so a plan needs no data folder to read the
+        steps per epoch from, and falls back to its rough per-run figure)."""
+        return 0.0
+
+    def _build_model(self) -> nn.Module:
+        return accelerate(self._network(), self.amp, self.channels_last, self.compile)
+
+
+@dataclasses.dataclass
+class CifarTask(GPUTask):
     name: ClassVar[str] = "cifar10"
     description: ClassVar[str] = (
-        "CIFAR-10 from a local pickle folder, ResNet-18/50 or VGG-11, crop+flip augmentation"
+        "CIFAR-10 from a local pickle folder, ResNet-18/50/101 or VGG-11, crop+flip augmentation"
     )
 
     model: str = option("resnet18", choices=tuple(CIFAR_MODELS))
@@ -53,12 +86,11 @@ class CifarTask(TrainableTask):
     data_dir: str | None = None
     eval_train_size: int = option(10000, ge=1)
     n_val: int = option(5000, ge=0)
-    device: str = "auto"
 
     def _budgets(self) -> dict[str, dict[str, Any]]:
         return {"quick": {"epochs": 2, "batches_per_epoch": 20}, "full": {"epochs": 200}}
 
-    def _build_model(self) -> nn.Module:
+    def _network(self) -> nn.Module:
         return CIFAR_MODELS[self.model](NUM_CLASSES[self.name], self.activation)
 
     def make_data(self, seed: int) -> TensorData:
@@ -92,7 +124,7 @@ class CifarTask(TrainableTask):
                 label_key: gen.integers(0, num_classes, count).tolist(),
             }
             write_atomic(root / sub / name, functools.partial(pickle.dump, entry))
-        return {"data_dir": str(root), "n_val": 32, "eval_train_size": 32}
+        return {"data_dir": str(root), "n_val": 8, "eval_train_size": 8}
 
     def nominal_steps_per_epoch(self) -> int:
         """Mini-batches per epoch on the real dataset (50000 training images less ``n_val``),
@@ -108,5 +140,5 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 class Cifar100Task(CifarTask):
     name: ClassVar[str] = "cifar100"
     description: ClassVar[str] = (
-        "CIFAR-100 from a local pickle folder, ResNet-18/50 or VGG-11, crop+flip augmentation"
+        "CIFAR-100 from a local pickle folder, ResNet-18/50/101 or VGG-11, crop+flip augmentation"
     )
