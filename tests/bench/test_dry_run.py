@@ -54,13 +54,13 @@ def test_device_hours_per_table_follow_from_the_cached_throughput(tmp_path):
     assert table_plan_text(specs, tables, make_task, tmp_path, measure=no_measuring) == text
 
 
-@pytest.mark.slow  # a CIFAR ResNet-18 on the CPU: about a minute on a busy 2-core machine
 def test_a_folder_task_without_its_data_is_timed_on_stand_in_data(tmp_path):
     task = get_task("cifar10", data_dir=str(tmp_path / "absent"), batch_size=8, device="cpu")
     with pytest.raises(FileNotFoundError):
         task.make_data(0)
     throughput = measure_throughput(task)
-    assert throughput["data"] == "stand-in" and throughput["device"] == "cpu"
+    assert throughput["data"] == "stand-in (n_val=8, eval_train_size=8)"
+    assert throughput["device"] == "cpu"
     assert throughput["step_s"] > 0
     assert task.nominal_steps_per_epoch() == -(-(50000 - 5000) // 8)
 

@@ -581,7 +581,8 @@ def measure_throughput(task: Any) -> dict[str, Any]:
     selection). A step is the training time of the second half over ``TIMED_STEPS``; an evaluation
     is the wall time from the end of the warm-up's last step to the end of the next step, less a
     step. Where the real data is absent a task with ``write_stand_in`` is timed on stand-in data
-    (``"data": "stand-in"``; the evaluation then covers the stand-in's smaller splits only)."""
+    (``"data": "stand-in (<the options it changes>)"``: smaller splits, so a cheaper evaluation,
+    and maybe smaller images or batches no larger than its training set: a rough figure)."""
     import tempfile
     import time
 
@@ -603,9 +604,10 @@ def measure_throughput(task: Any) -> dict[str, Any]:
         except (FileNotFoundError, ValueError):
             if not hasattr(task, "write_stand_in"):
                 raise
-            stand_in = task.write_stand_in(Path(folder))
-            task = get_task(task.name, **{**task_options(task), **stand_in})
-            data = "stand-in"
+            stand_in, real = task.write_stand_in(Path(folder)), task_options(task)
+            task = get_task(task.name, **{**real, **stand_in})
+            changed = [f"{k}={v}" for k, v in stand_in.items() if k != "data_dir" and real[k] != v]
+            data = f"stand-in ({', '.join(changed)})" if changed else "stand-in"
         ends = StepEnds()
         result = train(task, "sgdm", {"lr": 1e-3}, 0, budget, callbacks=[ends])
     times = result["curves"]["time_s"]
@@ -737,6 +739,12 @@ def table_plan_text(
                 f"{throughput['step_s']:.4f} | {throughput['eval_s']:.3f}"
             )
     lines.append(f"(throughput measured once, cached in {cache_path})")
+    if any(t is not None and t["data"] != "real" for t in measured.values()):
+        lines.append(
+            "stand-in: timed on the task's small generated data with the options shown (smaller "
+            "splits, maybe smaller images, batches no larger than its training set): a rough "
+            "figure; put the data in place and delete the cache to time the real runs"
+        )
     return "\n".join(lines)
 
 
