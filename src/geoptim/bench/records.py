@@ -30,12 +30,12 @@ import subprocess
 import time
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 SCHEMA_VERSION = 2
 """2: ``suite``, ``provenance`` (source hash, git commit, data hash, host) and the versions of
@@ -350,20 +350,26 @@ def temp_name(stem: str) -> str:
     return f".{stem}~{host}~{os.getpid()}~{secrets.token_hex(4)}{TEMP_SUFFIX}"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that ``path`` is never seen half-written: a temporary file
-    in the same directory (:func:`temp_name`), flushed to disk, then renamed over ``path``."""
+def write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Call ``write(handle)`` so that ``path`` is never seen half-written: ``handle`` is a new
+    temporary file in the same directory (:func:`temp_name`), flushed to disk, then renamed over
+    ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / temp_name(path.stem)
     try:
-        with open(tmp, "x", encoding="utf-8") as handle:
-            handle.write(text)
+        with open(tmp, "xb") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`write_atomic`)."""
+    write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

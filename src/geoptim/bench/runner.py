@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from geoptim.bench.checkpoints import Checkpoint, CheckpointPolicy
 from geoptim.bench.claiming import (
     CLAIM_TIMEOUT_S,
     HEARTBEAT_S,
@@ -53,33 +54,40 @@ from geoptim.bench.records import (
     write_record,
 )
 
-RunKind = Callable[[RunSpec, Callable[[float], None]], tuple[dict[str, Any], "str | None"]]
-"""Runs a spec (calling ``progress(fraction)`` now and then); returns its result and the hash of
-the data it used (``None`` when the task gives none)."""
+RunKind = Callable[
+    [RunSpec, Callable[[float], None], "Checkpoint | None"], tuple[dict[str, Any], "str | None"]
+]
+"""Runs a spec (calling ``progress(fraction)`` now and then, resuming from and saving to the
+checkpoint where the kind can); returns its result and the hash of the data it used (``None``
+when the task gives none)."""
 
 LOCK_NAME = ".lock"
 BUSY_POLL_S = 2.0
 """How often a run that another live worker holds is looked at again."""
 CRASH_RERUNS = 1
 """How many times a run whose worker died is run again."""
+DEFAULT_CHECKPOINTS = CheckpointPolicy()
+"""Mid-run checkpoints at epoch ends, at least a minute apart."""
 
 
 def run_training(
-    spec: RunSpec, progress: Callable[[float], None]
+    spec: RunSpec, progress: Callable[[float], None], checkpoint: Checkpoint | None = None
 ) -> tuple[dict[str, Any], str | None]:
-    """The ``"train"`` kind: one task run with one optimizer."""
+    """The ``"train"`` kind: one task run with one optimizer (a task trained by the shared loop
+    resumes from and saves to ``checkpoint``)."""
     from geoptim.bench import tasks
 
     task = tasks.get_task(spec.task, **spec.task_overrides)
-    result = task.run(
-        spec.optimizer, dict(spec.hparams), spec.seed, dict(spec.budget), progress=progress
-    )
+    options: dict[str, Any] = {"progress": progress}
+    if isinstance(task, tasks.TrainableTask):
+        options["checkpoint"] = checkpoint
+    result = task.run(spec.optimizer, dict(spec.hparams), spec.seed, dict(spec.budget), **options)
     data_hash = getattr(task, "data_hash", None)
     return result, (str(data_hash()) if callable(data_hash) else None)
 
 
 def run_curvature(
-    spec: RunSpec, progress: Callable[[float], None]
+    spec: RunSpec, progress: Callable[[float], None], checkpoint: Checkpoint | None = None
 ) -> tuple[dict[str, Any], str | None]:
     """The ``"curvature"`` kind: Hessian spectra over training
     (:func:`geoptim.bench.experiments.curvature_experiment`); ``budget`` gives ``epochs``,
@@ -105,7 +113,7 @@ CURVATURE_SIZES = ("k", "hessian_samples", "slq_probes", "slq_steps", "trace_sam
 
 
 def run_momentum_tracing(
-    spec: RunSpec, progress: Callable[[float], None]
+    spec: RunSpec, progress: Callable[[float], None], checkpoint: Checkpoint | None = None
 ) -> tuple[dict[str, Any], str | None]:
     """The ``"momentum_tracing"`` kind: ``spec.optimizer`` on the digits ResNet with ReLU
     and with leaky ReLU, with the tracing monitors
@@ -174,11 +182,14 @@ def run_one(
     threads: int | None = None,
     claim_timeout: float = CLAIM_TIMEOUT_S,
     accept_other_versions: bool = False,
+    checkpoints: CheckpointPolicy | None = None,
 ) -> Outcome:
     """Claim ``spec``, run it unless it is recorded, write its record, release the claim.
 
     Runs in the worker (any executor). An exception in the run becomes a :data:`FAILED`
-    outcome; ``threads``: torch threads to use (``None``: leave as set).
+    outcome; ``threads``: torch threads to use (``None``: leave as set). With ``checkpoints``
+    the run resumes from its mid-run checkpoint in ``out_dir`` and saves one as it goes; the
+    checkpoint is removed once the record is written.
     """
     claim = try_claim(out_dir, spec.run_id, token, claim_timeout)
     if claim is None:
@@ -192,9 +203,10 @@ def run_one(
             torch.set_num_threads(threads)
         started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         start = time.perf_counter()
+        checkpoint = None if checkpoints is None else checkpoints.for_run(out_dir, spec.run_id)
         with heartbeat(out_dir, claim, min(HEARTBEAT_S, claim_timeout / 4)):
             try:
-                result, data_hash = RUN_KINDS[spec.kind](spec, _no_progress)
+                result, data_hash = RUN_KINDS[spec.kind](spec, _no_progress, checkpoint)
             except Exception:
                 return Outcome(
                     spec, time.perf_counter() - start, traceback.format_exc(limit=8), FAILED
@@ -214,6 +226,8 @@ def run_one(
                 if err.errno not in _DISK_FULL_ERRNOS:
                     raise
                 return Outcome(spec, wall, os.strerror(err.errno), DISK_FULL)
+        if checkpoint is not None:
+            checkpoint.discard()
         return Outcome(spec, wall)
     finally:
         release(out_dir, claim)
@@ -309,6 +323,7 @@ def execute(
     accept_other_versions: bool = False,
     lock: bool = True,
     claim_timeout: float = CLAIM_TIMEOUT_S,
+    checkpoints: CheckpointPolicy | None = DEFAULT_CHECKPOINTS,
 ) -> Summary:
     """Run every spec without a trusted record; show progress (a tqdm bar: runs done / total,
     failures, ETA; or log lines if ``quiet``).
@@ -319,7 +334,8 @@ def execute(
     workers x 1 thread, 248 s with 1 process x 2 threads on a busy machine). ``wait``: wait
     for another process holding the directory instead of raising :class:`DirectoryBusy`;
     ``lock=False`` skips the lock (claims still apply). ``accept_other_versions``: a record of
-    another geoptim version counts as done.
+    another geoptim version counts as done. ``checkpoints``: when runs save mid-run
+    checkpoints (``None``: never); a run killed part-way resumes from its checkpoint.
     """
     out = Path(out_dir)
     log = functools.partial(print, file=sys.stderr, flush=True)
@@ -338,7 +354,16 @@ def execute(
         if executor is None:
             executor = LocalExecutor(min(workers, max(len(todo), 1)), threads)
         try:
-            _drive(todo, str(out), executor, summary, display, claim_timeout, accept_other_versions)
+            _drive(
+                todo,
+                str(out),
+                executor,
+                summary,
+                display,
+                claim_timeout,
+                accept_other_versions,
+                checkpoints,
+            )
         finally:
             if own:
                 executor.close()
@@ -354,6 +379,7 @@ def _drive(
     display: _Display,
     claim_timeout: float,
     accept_other_versions: bool,
+    checkpoints: CheckpointPolicy | None,
 ) -> None:
     """Keep ``executor.slots`` runs in flight until every run is done, failed, or recorded by
     someone else; re-run a run whose worker died once; look again at busy runs every
@@ -391,6 +417,7 @@ def _drive(
                 executor.threads_per_run,
                 claim_timeout,
                 accept_other_versions,
+                checkpoints,
                 gpu=wants_gpu(spec),
             )
             display.started(spec)

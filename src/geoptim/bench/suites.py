@@ -28,7 +28,11 @@ so every comparison is a paired test over the seeds both arms ran.
   paper's tables 1-3 (CIFAR-10/100 x VGG-11 / ResNet-18 / ResNet-50, ImageNet ResNet-50), its
   fig. 2 (LPSGD vs SGD) and fig. 4 (p_max), the AGR paper's CIFAR-100 and Tiny-ImageNet runs
   (ResNet-18/50/101, VGG-11) and the SepNorm paper's table 2 (ResNet-50 at batch 64/256/512),
-  at the papers' epochs, seeds and presets (:data:`geoptim.bench.presets.PAPER_TABLES`).
+  at the papers' epochs, seeds and presets (:data:`geoptim.bench.presets.PAPER_TABLES`);
+  ``--dry-run`` prints its runs and device-hours per paper table (:func:`table_plan_text`).
+* ``smoke``: every (task, options, run kind) and every optimizer of the suites above, for three
+  steps on the CPU, on stand-in data where the real data is a folder (:func:`smoke_experiments`):
+  a check that a long run will not die on a typo.
 
 Seeds per comparison come from a power analysis: ``n for paper`` in the report's claims table is
 the number of paired seeds that gives 80% power for the paper's effect at the spread a run
@@ -56,7 +60,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +83,8 @@ class Experiment:
     ``"train"``, or an analysis experiment. ``lr_wd``: a weight-decay sweep, one variant per
     value with ``weight_decay = value / lr`` of each optimizer's preset, so every optimizer runs
     at the same decoupled shrink per step. ``table``: the paper table (or figure) the experiment
-    reproduces, for grouping; ``""`` means the experiment name.
+    reproduces (``"LPSGD table 1"``), which groups the full suite's dry-run plan; ``""`` (the
+    default) becomes the experiment name.
     """
 
     name: str
@@ -93,6 +98,10 @@ class Experiment:
     lr_wd: tuple[float, ...] = ()
     table: str = ""
     lr_scale: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.table:
+            object.__setattr__(self, "table", self.name)
 
     @property
     def is_sweep(self) -> bool:
@@ -401,7 +410,92 @@ SUITES: dict[str, tuple[Experiment, ...]] = {
         ),
     ),
 }
-"""Every suite by name."""
+"""Every suite by name (with ``smoke``, derived from the others below)."""
+
+SMOKE, FULL = "smoke", "full"
+SMOKE_BUDGETS: dict[str, dict[str, Any]] = {
+    "train": {"steps": 3, "eval_every": 3, "batches_per_epoch": 3},
+    "curvature": {
+        "epochs": 1,
+        "at": (0, 1),
+        "k": 1,
+        "hessian_samples": 16,
+        "slq_probes": 1,
+        "slq_steps": 4,
+        "trace_samples": 10,
+    },
+    "momentum_tracing": {"epochs": 1},
+}
+"""The smoke suite's budget per run kind (it replaces the task's budget; a kind not listed gets
+the ``"train"`` one): a few steps, one evaluation after them."""
+SMOKE_BATCH_SIZE = 4
+"""The batch size of smoke runs on stand-in data (a ResNet-101 step on 4 images is CPU-cheap)."""
+
+
+def smoke_experiments(suites: dict[str, tuple[Experiment, ...]]) -> tuple[Experiment, ...]:
+    """The smoke suite: one run (seed 0, the preset, no variant, :data:`SMOKE_BUDGETS`) of every
+    distinct (task, task overrides, run kind) of every suite in ``suites``, with the first
+    optimizer it is run with, and one of every optimizer not covered so, on the first task it is
+    run on; so a typo in any suite's tasks, models, data options, run kinds or optimizers fails in
+    minutes on a laptop. :func:`for_smoke_run` then puts the runs on the CPU and on stand-in data.
+    (Every (task, optimizer) preset is looked up, and checked, by the suites' own plans.)"""
+    chosen: list[Experiment] = []
+    seen_tasks: set[str] = set()
+    seen_optimizers: set[str] = set()
+    for experiments in suites.values():
+        for exp in experiments:
+            task_key = json.dumps([exp.task, exp.task_overrides, exp.kind], sort_keys=True)
+            for optimizer in exp.optimizers:
+                if task_key in seen_tasks and optimizer in seen_optimizers:
+                    continue
+                seen_tasks.add(task_key)
+                seen_optimizers.add(optimizer)
+                chosen.append(
+                    Experiment(
+                        SMOKE,
+                        exp.task,
+                        (optimizer,),
+                        seeds=1,
+                        task_overrides=dict(exp.task_overrides),
+                        budget=SMOKE_BUDGETS.get(exp.kind, SMOKE_BUDGETS["train"]),
+                        kind=exp.kind,
+                        table=exp.table,
+                    )
+                )
+    return tuple(chosen)
+
+
+SUITES[SMOKE] = smoke_experiments(SUITES)
+
+
+def for_smoke_run(experiments: Sequence[Experiment], root: Path) -> list[Experiment]:
+    """``experiments`` on the CPU (``device="cpu"`` for a task with a ``device`` option) and,
+    for a task with ``write_stand_in(root)`` (its real data is a folder: CIFAR pickles, an
+    ImageNet tree), on small generated data written under ``root/<task>`` (once per task; the
+    overrides it returns are laid over the experiment's) in batches of :data:`SMOKE_BATCH_SIZE`
+    (unless the experiment sets the batch size or the task's preset depends on it)."""
+    from geoptim.bench.tasks import TASKS, get_task
+
+    written: dict[str, dict[str, Any]] = {}
+    chosen = []
+    for exp in experiments:
+        overrides = dict(exp.task_overrides)
+        cls = TASKS.get(exp.task)
+        options = {option.name for option in fields(cls)} if cls is not None else set()
+        if "device" in options:
+            overrides["device"] = "cpu"
+        if cls is not None and hasattr(cls, "write_stand_in"):
+            if exp.task not in written:
+                task = get_task(exp.task, **overrides)
+                written[exp.task] = task.write_stand_in(root / exp.task)
+            overrides.update(written[exp.task])
+            # a batch size the experiment chose, or one its preset depends on, is kept
+            fixed = {*exp.task_overrides, *getattr(cls, "PRESET_OPTIONS", ())}
+            if "batch_size" in options and "batch_size" not in fixed:
+                overrides["batch_size"] = SMOKE_BATCH_SIZE
+        chosen.append(replace(exp, task_overrides=overrides))
+    return chosen
+
 
 DEFAULT_OPTIMIZERS = ("sgdm", "lpsgdm", "adamw", "lion")
 """What a task outside the suite (named in ``--tasks``) is run with."""
@@ -463,7 +557,9 @@ def build_specs(
     specs: dict[str, RunSpec] = {}
     for exp in experiments:
         task = make_task(exp.task, exp.task_overrides)
-        budget = {**task.default_budget(suite), **exp.budget}
+        budget = (
+            dict(exp.budget) if suite == SMOKE else {**task.default_budget(suite), **exp.budget}
+        )
         for optimizer in exp.optimizers:
             base = presets.hparams(exp.task, exp.task_overrides, optimizer)
             for variant in _variants(exp, task, budget, base):
@@ -548,6 +644,186 @@ def plan_text(
         f"{len(specs)} runs, {total / 60:.1f} CPU-min single-thread; estimated "
         f"{wall / 60:.1f} min wall with {workers} workers (before any run is skipped)"
     )
+    return "\n".join(lines)
+
+
+THROUGHPUT_FILE = "throughput.json"
+"""Where the full suite's dry run caches the throughput it measured, in the output directory."""
+TIMED_STEPS = 2
+"""Steps timed per task by :func:`measure_throughput`, after as many warm-up steps."""
+
+
+def measure_throughput(task: Any) -> dict[str, Any]:
+    """Seconds per optimizer step and per evaluation of a trainable ``task`` on the device it
+    would train on, measured with the shared loop: ``2 * TIMED_STEPS`` SGD-momentum steps,
+    evaluated after ``TIMED_STEPS`` (the first ``TIMED_STEPS`` warm up: allocation, kernel
+    selection). A step is the training time of the second half over ``TIMED_STEPS``; an evaluation
+    is the wall time from the end of the warm-up's last step to the end of the next step, less a
+    step. Where the real data is absent a task with ``write_stand_in`` is timed on stand-in data
+    (``"data": "stand-in (<the options it changes>)"``: smaller splits, so a cheaper evaluation,
+    and maybe smaller images or batches no larger than its training set: a rough figure)."""
+    import tempfile
+    import time
+
+    from geoptim.bench.tasks import get_task
+    from geoptim.bench.training import train
+
+    class StepEnds:
+        def __init__(self) -> None:
+            self.at: list[float] = []
+
+        def on_step(self, step: int, *_: Any) -> None:
+            self.at.append(time.perf_counter())
+
+    budget = {"steps": 2 * TIMED_STEPS, "eval_every": TIMED_STEPS}
+    with tempfile.TemporaryDirectory() as folder:
+        data = "real"
+        try:
+            task.make_data(0)
+        except (FileNotFoundError, ValueError):
+            if not hasattr(task, "write_stand_in"):
+                raise
+            stand_in, real = task.write_stand_in(Path(folder)), task_options(task)
+            task = get_task(task.name, **{**real, **stand_in})
+            changed = [f"{k}={v}" for k, v in stand_in.items() if k != "data_dir" and real[k] != v]
+            data = f"stand-in ({', '.join(changed)})" if changed else "stand-in"
+        ends = StepEnds()
+        result = train(task, "sgdm", {"lr": 1e-3}, 0, budget, callbacks=[ends])
+    times = result["curves"]["time_s"]
+    step_s = (times[2] - times[1]) / TIMED_STEPS
+    eval_s = max(ends.at[TIMED_STEPS] - ends.at[TIMED_STEPS - 1] - step_s, 0.0)
+    return {"step_s": step_s, "eval_s": eval_s, "device": device_name(task), "data": data}
+
+
+def task_options(task: Any) -> dict[str, Any]:
+    """The option values of a task object (its init fields)."""
+    return {option.name: getattr(task, option.name) for option in fields(task) if option.init}
+
+
+def device_name(task: Any) -> str:
+    """``cpu`` or ``cuda (<GPU name>)``: where ``task`` trains."""
+    import torch
+
+    device = task.torch_device()
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def run_cost(spec: RunSpec, task: Any, throughput: dict[str, Any] | None) -> float | None:
+    """The seconds one run takes on its device from ``throughput`` (``None``: the task's CPU
+    estimate, :func:`estimated_seconds`); ``None`` when its number of steps is unknown (an
+    epoch budget on stand-in data for a task without ``nominal_steps_per_epoch``)."""
+    if throughput is None:
+        return estimated_seconds(spec, task)
+    from geoptim.bench.training import budget_steps
+
+    if throughput["data"] == "real":
+        steps, checkpoints = task.budget_steps(spec.budget)
+    elif "steps" in spec.budget:
+        steps, every = budget_steps(spec.budget, 1)
+        checkpoints = -(-steps // every)
+    elif hasattr(task, "nominal_steps_per_epoch"):
+        per_epoch = task.nominal_steps_per_epoch()
+        if spec.budget.get("batches_per_epoch"):
+            per_epoch = min(per_epoch, int(spec.budget["batches_per_epoch"]))
+        steps, every = budget_steps(spec.budget, per_epoch)
+        checkpoints = -(-steps // every)
+    else:
+        return None
+    runs = 2 if spec.optimizer == "sgdm_rms" else 1
+    return runs * (steps * throughput["step_s"] + (checkpoints + 1) * throughput["eval_s"])
+
+
+def tables_of(
+    experiments: Sequence[Experiment],
+    presets: Presets,
+    suite: str,
+    make_task: Callable[[str, dict[str, Any]], Any],
+) -> dict[str, str]:
+    """Run id -> the paper table (:attr:`Experiment.table`) of the first experiment making it."""
+    tables: dict[str, str] = {}
+    for exp in experiments:
+        for spec in build_specs([exp], presets, suite, make_task):
+            tables.setdefault(spec.run_id, exp.table)
+    return tables
+
+
+def table_plan_text(
+    specs: Sequence[RunSpec],
+    tables: dict[str, str],
+    make_task: Callable[[str, dict[str, Any]], Any],
+    out_dir: str | Path,
+    measure: Callable[[Any], dict[str, Any]] = measure_throughput,
+) -> str:
+    """The full suite's dry-run plan: per paper table (``tables``: run id -> table) the runs and
+    the device-hours they take, from the throughput of every trainable (task, options) measured
+    on its device (:func:`measure_throughput`; cached in ``out_dir/throughput.json``, so a second
+    dry run measures nothing); other runs (not trainable, analysis kinds) at their CPU estimate."""
+    from geoptim.bench.records import canonical_json, write_json_atomic
+    from geoptim.bench.tasks import TrainableTask
+
+    cache_path = Path(out_dir) / THROUGHPUT_FILE
+    try:
+        cache = json.loads(cache_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    cache = cache if isinstance(cache, dict) else {}
+    tasks: dict[str, Any] = {}
+    measured: dict[str, dict[str, Any] | None] = {}
+    for spec in specs:
+        label = spec.task_label
+        if label in tasks:
+            continue
+        task = tasks[label] = make_task(spec.task, spec.task_overrides)
+        measured[label] = None
+        if isinstance(task, TrainableTask):
+            key = f"{label} on {device_name(task)}"
+            if key not in cache:
+                cache[key] = measure(task)
+                write_json_atomic(cache_path, cache)
+            measured[label] = cache[key]
+    costs: dict[str, list[float | None]] = {}
+    devices: dict[str, set[str]] = {}
+    cost_of: dict[str, float | None] = {}  # runs differing only in hparams and seed cost the same
+    for spec in specs:
+        table, throughput = tables.get(spec.run_id, "other"), measured[spec.task_label]
+        throughput = throughput if spec.kind == "train" else None
+        key = canonical_json([spec.task_label, spec.kind, spec.optimizer, spec.budget])
+        if key not in cost_of:
+            cost_of[key] = run_cost(spec, tasks[spec.task_label], throughput)
+        costs.setdefault(table, []).append(cost_of[key])
+        device = "cpu (estimated)" if throughput is None else throughput["device"]
+        devices.setdefault(table, set()).add(device)
+    lines = ["paper table | runs | device | device-hours"]
+    total = 0.0
+    for table, seconds in costs.items():
+        known = [cost for cost in seconds if cost is not None]
+        total += sum(known)
+        unknown = len(seconds) - len(known)
+        hours = f"{sum(known) / 3600:.1f}" + (
+            f" + {unknown} runs of unknown length" * bool(unknown)
+        )
+        lines.append(f"{table} | {len(seconds)} | {', '.join(sorted(devices[table]))} | {hours}")
+    lines += [
+        f"{len(specs)} runs, {total / 3600:.1f} device-hours in all, one run at a time per "
+        "device (before any run is skipped)",
+        "",
+        "task | device | data | s per step | s per evaluation",
+    ]
+    for label, throughput in measured.items():
+        if throughput is not None:
+            lines.append(
+                f"{label} | {throughput['device']} | {throughput['data']} | "
+                f"{throughput['step_s']:.4f} | {throughput['eval_s']:.3f}"
+            )
+    lines.append(f"(throughput measured once, cached in {cache_path})")
+    if any(t is not None and t["data"] != "real" for t in measured.values()):
+        lines.append(
+            "stand-in: timed on the task's small generated data with the options shown (smaller "
+            "splits, maybe smaller images, batches no larger than its training set): a rough "
+            "figure; put the data in place and delete the cache to time the real runs"
+        )
     return "\n".join(lines)
 
 

@@ -47,6 +47,10 @@ more (a last checkpoint) and ``extra["diverged"]`` is ``True``. ``curves["time_s
 cumulative wall time of the training steps (batch, forward, backward, optimizer, schedulers), not
 of evaluations or callbacks. ``curves["lr"]`` and ``curves["p"]`` hold the values in effect for
 the steps after each checkpoint.
+
+Mid-run checkpoints (``checkpoint=``, a :class:`geoptim.bench.checkpoints.Checkpoint`: the
+model, optimizer, schedulers, data position, RNG state and curves so far, saved at epoch ends)
+let a killed run resume and end exactly as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ import torch
 from torch import nn
 
 from geoptim import create_optimizer, param_groups
+from geoptim.bench.checkpoints import Checkpoint, CheckpointMismatch
 from geoptim.bench.models import count_params
 
 if TYPE_CHECKING:
@@ -200,6 +205,15 @@ class RMSMatchedSGDM(torch.optim.Optimizer):
         self.rms_schedule = rms_schedule
         self.steps_taken = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict and ``steps_taken`` (the position in the schedule)."""
+        return {**super().state_dict(), "steps_taken": self.steps_taken}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        self.steps_taken = int(state_dict.pop("steps_taken"))
+        super().load_state_dict(state_dict)
+
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         loss = None
@@ -332,6 +346,27 @@ def call_hooks(callbacks: Sequence[Any], method: str, *args: Any) -> None:
             hook(*args)
 
 
+def paired_rms_schedule(
+    task: TrainableTask,
+    hparams: dict[str, Any],
+    seed: int,
+    budget: dict[str, Any],
+    checkpoint: Checkpoint | None,
+) -> tuple[list[list[float]], bool]:
+    """The update-RMS schedule an ``sgdm_rms`` run follows (:class:`UpdateRMSRecorder` over its
+    paired LPSGDM run) and whether that run diverged; measured once per run: kept beside the
+    run's checkpoint, so a resumed run does not replay LPSGDM again."""
+    paired = checkpoint.load_part("paired_lpsgdm") if checkpoint is not None else None
+    if paired is None:
+        recorder = UpdateRMSRecorder()
+        result = train(task, "lpsgdm", hparams, seed, budget, callbacks=[recorder])
+        schedule = torch.tensor(recorder.schedule, dtype=torch.float64)
+        paired = {"schedule": schedule, "diverged": bool(result["extra"]["diverged"])}
+        if checkpoint is not None:
+            checkpoint.save_part("paired_lpsgdm", paired)
+    return paired["schedule"].tolist(), paired["diverged"]
+
+
 def train(
     task: TrainableTask,
     optimizer_name: str,
@@ -340,6 +375,7 @@ def train(
     budget: dict[str, Any],
     progress: Callable[[float], None] | None = None,
     callbacks: Sequence[Any] = (),
+    checkpoint: Checkpoint | None = None,
 ) -> dict[str, Any]:
     """Train ``task.make_model(seed)`` on ``task.make_data(seed)`` and return the result dict:
     ``curves`` (``step, epoch, lr, [p,] train_loss, train_acc, [val_loss, val_acc,] test_loss,
@@ -349,13 +385,15 @@ def train(
     Pairing: the model's initial weights depend on ``seed`` alone (``make_model(seed)``), the
     batches on ``seed`` and the epoch (:class:`geoptim.bench.data.TensorData`), so runs of
     different optimizers with the same seed start from the same weights and see the same batches.
+
+    ``checkpoint``: resume from it if it holds a checkpoint of this run, and save to it as
+    training goes (:mod:`geoptim.bench.checkpoints`; an ``sgdm_rms`` run keeps the schedule its
+    paired LPSGDM run measured beside it, :func:`paired_rms_schedule`).
     """
     rms_schedule = None
     paired_diverged = False
     if optimizer_name == "sgdm_rms":
-        recorder = UpdateRMSRecorder()
-        paired = train(task, "lpsgdm", hparams, seed, budget, callbacks=[recorder])
-        rms_schedule, paired_diverged = recorder.schedule, paired["extra"]["diverged"]
+        rms_schedule, paired_diverged = paired_rms_schedule(task, hparams, seed, budget, checkpoint)
     torch.manual_seed(seed)
     device = task.torch_device()
     data = task.make_data(seed)
@@ -377,8 +415,17 @@ def train(
     agr_changes: list[float] = []
     curves = Curves()
     train_time = 0.0
+    step, epoch, skip, diverged = 0, 0, 0, False
+    try:
+        resumed = checkpoint.restore(model, setup) if checkpoint is not None else None
+    except CheckpointMismatch:  # the model or optimizer was changed part-way: build them again
+        return train(task, optimizer_name, hparams, seed, budget, progress, callbacks, checkpoint)
+    if resumed is not None:
+        step, epoch, skip = resumed["step"], resumed["epoch"], resumed["batch"]
+        curves.data, train_time = resumed["curves"], resumed["train_time"]
+        agr_changes = resumed["agr_changes"]
 
-    def checkpoint(step: int) -> None:
+    def evaluate(step: int) -> None:
         epoch = step / steps_per_epoch
         metrics = data.evaluate(model)
         curves.add(
@@ -390,12 +437,13 @@ def train(
             time_s=round(train_time, 6),
         )
 
-    checkpoint(0)
+    if resumed is None:
+        evaluate(0)
     call_hooks(callbacks, "on_train_begin", model, optimizer)
-    step, epoch, diverged = 0, 0, False
     while step < total and not diverged:
         start = time.perf_counter()
-        for i, (x, y) in enumerate(islice(data.train_batches(epoch), steps_per_epoch)):
+        batches = islice(data.train_batches(epoch), skip, steps_per_epoch)
+        for i, (x, y) in enumerate(batches, start=skip):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss = task.loss_fn(model(x), y)
             loss_value = loss.item()
@@ -418,15 +466,20 @@ def train(
             if i + 1 == steps_per_epoch:
                 call_hooks(callbacks, "on_epoch_end", epoch + 1, model, optimizer)
             if due:
-                checkpoint(step)
+                evaluate(step)
                 if progress is not None:
                     progress(step / total)
             if step >= total:
                 break
+            if checkpoint is not None and checkpoint.due(step, i + 1 == steps_per_epoch):
+                next_epoch, next_batch = divmod(epoch * steps_per_epoch + i + 1, steps_per_epoch)
+                loop = {"step": step, "epoch": next_epoch, "batch": next_batch}
+                loop.update(train_time=train_time, curves=curves.data, agr_changes=agr_changes)
+                checkpoint.save(model, setup, loop)
             start = time.perf_counter()
-        epoch += 1
+        epoch, skip = epoch + 1, 0
     if diverged and curves.data["step"][-1] != step:
-        checkpoint(step)
+        evaluate(step)
     final = {k: v for k, v in curves.last().items() if k not in ("step", "epoch", "lr", "p")}
     extra: dict[str, Any] = {
         "diverged": diverged or paired_diverged,

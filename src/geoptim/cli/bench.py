@@ -13,6 +13,7 @@ from geoptim.cli.common import (
     check_hparams,
     check_optimizers,
     make_task,
+    non_negative_float,
     positive_int,
     split_names,
     split_tasks,
@@ -25,9 +26,12 @@ if TYPE_CHECKING:
 
 HELP = "run the papers' experiments (a suite of runs) and write records and a report"
 DEFAULT_OUT = "geoptim-bench"
+STAND_IN_SUBDIR = "stand-in"
+"""Where the smoke suite writes its stand-in data, under ``--out``."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from geoptim.bench.checkpoints import DEFAULT_INTERVAL_S
     from geoptim.bench.suites import suite_names
 
     parser.add_argument(
@@ -35,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="quick",
         choices=suite_names(),
         help="quick: CPU-scale, under 10 min on 2 cores (default); standard: under 60 min on 2 "
-        "cores; full: the papers' protocol (GPU)",
+        "cores; full: the papers' protocol (GPU); smoke: every task, model and optimizer of "
+        "every suite for 3 steps on the CPU, on stand-in data for folder datasets (minutes)",
     )
     parser.add_argument(
         "--tasks",
@@ -92,6 +97,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="count records of other geoptim versions as done and report them",
     )
+    parser.add_argument(
+        "--checkpoint-interval",
+        type=non_negative_float,
+        default=DEFAULT_INTERVAL_S,
+        metavar="S",
+        help="a run saves a mid-run checkpoint at the end of an epoch once S seconds have passed "
+        f"since its last one (default {DEFAULT_INTERVAL_S:g}; 0: every epoch); a killed run "
+        "resumes from it",
+    )
+    parser.add_argument(
+        "--checkpoint-steps",
+        type=positive_int,
+        metavar="N",
+        help="also save a checkpoint every N optimizer steps (within an epoch), S apart",
+    )
+    parser.add_argument(
+        "--no-checkpoints", action="store_true", help="never save mid-run checkpoints"
+    )
     parser.add_argument("--quiet", action="store_true", help="log lines instead of a bar")
     parser.add_argument(
         "--dry-run",
@@ -101,12 +124,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-report", action="store_true", help="do not build the report")
 
 
-def plan(args: argparse.Namespace) -> list[RunSpec]:
-    """The run specs the arguments ask for; :class:`ConfigError` on any bad value (the output
-    directory included: created and test-written unless ``--dry-run``)."""
+def plan(args: argparse.Namespace) -> tuple[list[RunSpec], dict[str, str]]:
+    """The run specs the arguments ask for and the paper table of each (by run id);
+    :class:`ConfigError` on any bad value (the output directory included: created and
+    test-written unless ``--dry-run``)."""
     from geoptim.bench.presets import PRESETS_SUBDIR, MissingPreset, load_presets
     from geoptim.bench.records import canonical_json, records_dir
-    from geoptim.bench.suites import build_specs, select
+    from geoptim.bench.suites import SMOKE, build_specs, for_smoke_run, select, tables_of
 
     tasks = [task_variant(t) for t in split_tasks(args.tasks)] if args.tasks else None
     optimizers = split_names(args.optimizers) if args.optimizers else None
@@ -119,6 +143,8 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
     except ValueError as err:
         raise ConfigError(str(err)) from err
     experiments = select(args.suite, tasks, optimizers, args.seeds)
+    if args.suite == SMOKE:
+        experiments = for_smoke_run(experiments, Path(args.out) / STAND_IN_SUBDIR)
     if not experiments:
         raise ConfigError(
             "no run left: the optimizers chosen appear in none of the suite's experiments"
@@ -135,26 +161,35 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
     if not args.dry_run:
         writable_dir(args.out)
         writable_dir(records_dir(args.out), what="the records directory")
-    return specs
+    tables = tables_of(experiments, presets, args.suite, make_task) if args.dry_run else {}
+    return specs, tables
 
 
 def run(args: argparse.Namespace) -> int:
+    from geoptim.bench.checkpoints import CheckpointPolicy
     from geoptim.bench.executors import ExecutorError
     from geoptim.bench.records import SelectionError
     from geoptim.bench.report import build_report
     from geoptim.bench.runner import DirectoryBusy, default_workers, describe, execute
     from geoptim.cli.common import make_executor
 
-    specs = plan(args)
+    specs, tables = plan(args)
     if args.dry_run:
-        from geoptim.bench.suites import plan_text
+        from geoptim.bench.suites import FULL, plan_text, table_plan_text
 
-        print(plan_text(specs, make_task, args.workers or default_workers()))
+        if args.suite == FULL:
+            writable_dir(args.out)  # the measured throughput is cached there
+            print(table_plan_text(specs, tables, make_task, args.out))
+        else:
+            print(plan_text(specs, make_task, args.workers or default_workers()))
         for spec in specs:
             print(f"{spec.run_id}  {describe(spec)}  {spec.hparams}  {spec.budget}")
         print(f"{len(specs)} runs")
         return 0
     workers = args.workers or default_workers(args.cpus_per_run)
+    checkpoints = None
+    if not args.no_checkpoints:
+        checkpoints = CheckpointPolicy(args.checkpoint_interval, args.checkpoint_steps)
     start = time.perf_counter()
     try:
         executor = make_executor(args, min(workers, len(specs)))
@@ -165,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
             executor=executor,
             wait=args.wait,
             accept_other_versions=args.accept_other_versions,
+            checkpoints=checkpoints,
         )
     except (ExecutorError, DirectoryBusy) as err:
         raise ConfigError(str(err)) from None

@@ -170,10 +170,13 @@ class TrainableTask(Task):
         budget: dict[str, Any],
         progress: Callable[[float], None] | None = None,
         callbacks: Sequence[Any] = (),
+        checkpoint: Any = None,
     ) -> dict[str, Any]:
+        """Train with :func:`geoptim.bench.training.train` (``checkpoint``: a mid-run
+        :class:`geoptim.bench.checkpoints.Checkpoint` to resume from and save to)."""
         from geoptim.bench.training import train
 
-        result = train(self, optimizer, hparams, seed, budget, progress, callbacks)
+        result = train(self, optimizer, hparams, seed, budget, progress, callbacks, checkpoint)
         result["extra"].update(self.extra(result))
         return result
 

@@ -18,17 +18,32 @@ off by default. The paper presets are looked up per architecture (``PRESET_OPTIO
 from __future__ import annotations
 
 import dataclasses
+import functools
+import pickle
+from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
-from geoptim.bench.data import TensorData, augment_cifar, hold_out, load_cifar, normalize_cifar
+from geoptim.bench.data import (
+    CIFAR_LAYOUT,
+    TensorData,
+    augment_cifar,
+    hold_out,
+    load_cifar,
+    normalize_cifar,
+)
 from geoptim.bench.models import ACTIVATIONS, AMP_DTYPES, CIFAR_MODELS, accelerate
+from geoptim.bench.records import write_atomic
 from geoptim.bench.tasks.base import TrainableTask, option
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 DEVICES = ("auto", "cuda", "cpu")
+STAND_IN_TRAIN, STAND_IN_TEST = 1024, 16
+"""Images of the stand-in data (:meth:`CifarTask.write_stand_in`): enough full batches of 128
+for the dry run to time a few steps."""
 
 
 @dataclasses.dataclass
@@ -93,6 +108,28 @@ class CifarTask(GPUTask):
             eval_batch_size=1000,
             eval_train_size=self.eval_train_size,
         )
+
+    def write_stand_in(self, root: Path) -> dict[str, Any]:
+        """Write a small fake dataset in the python-pickle layout under ``root`` (random images
+        and labels, fixed seed: :data:`STAND_IN_TRAIN` training and :data:`STAND_IN_TEST` test
+        images) and return the overrides that train on it: ``data_dir``, and a validation split
+        and train-metric subset that fit it (for the smoke suite and the dry run's timing)."""
+        sub, train_files, test_files, label_key, num_classes = CIFAR_LAYOUT[self.name]
+        gen = np.random.default_rng(0)
+        per_file = {name: -(-STAND_IN_TRAIN // len(train_files)) for name in train_files}
+        per_file.update({name: STAND_IN_TEST for name in test_files})
+        for name, count in per_file.items():
+            entry = {
+                b"data": gen.integers(0, 256, (count, 3072), dtype=np.uint8),
+                label_key: gen.integers(0, num_classes, count).tolist(),
+            }
+            write_atomic(root / sub / name, functools.partial(pickle.dump, entry))
+        return {"data_dir": str(root), "n_val": 8, "eval_train_size": 8}
+
+    def nominal_steps_per_epoch(self) -> int:
+        """Mini-batches per epoch on the real dataset (50000 training images less ``n_val``),
+        whether or not it is here (the dry run's estimate)."""
+        return -(-(50000 - self.n_val) // self.batch_size)
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
