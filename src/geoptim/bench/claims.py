@@ -10,6 +10,9 @@ Primary metrics (validation metrics are never used here; they are for tuning):
 
 * ``ACCURACY``: test accuracy at the end of the budget, in points (the papers' tables), paired
   by seed; effect = treatment minus control.
+* ``EQUAL_TIME``: test accuracy in points at equal wall-clock, for the adaptive p schedule: each
+  run's cost is charged in measured step-equivalents (:func:`charged`), and its test accuracy
+  is read from its learning curve at the step where that cost equals the control's budget.
 * ``GENERALISATION``: grokking, the step at which test accuracy first reaches τ (the end point
   of the grokking gap), a time-to-event: a run that never gets there, whether or not it fitted
   its training set, is censored at its budget. Log-rank test; effect = the log hazard ratio
@@ -28,6 +31,7 @@ import numpy as np
 
 from geoptim.bench import stats
 from geoptim.bench.results import Section, Series, fmt_sample, paired
+from geoptim.bench.suites import ADAPTIVE_P, SHUFFLED_P
 
 ALPHA = stats.ALPHA
 POWER = stats.POWER
@@ -40,6 +44,7 @@ NOT_REPRODUCED = "not reproduced (powered)"
 VERDICTS = (REPRODUCED, REFUTED, EQUIVALENT, UNDERPOWERED, NOT_REPRODUCED)
 
 ACCURACY = "test accuracy (points)"
+EQUAL_TIME = "test accuracy at equal wall-clock (points)"
 GENERALISATION = "steps to test acc ≥ τ (log HR)"
 
 RULE = f"""\
@@ -293,6 +298,93 @@ CLAIMS: tuple[Claim, ...] = (
 """Every claim, in report order. The grokking claims are also tested at matched
 regularisation (:func:`matched_regularisation`)."""
 
+# --------------------------------------------------------------------------------------------
+# Issue 15: LPSGDM with a curvature-adaptive p against the cosine schedule, fixed p and a
+# control with the adaptive run's p values in shuffled blocks (no paper claims any of these: the
+# paper's smallest gain is the stand-in effect size).
+
+ADAPTIVE = "adaptive p"
+ADAPTIVE_ARM = Arm("lpsgdm", ADAPTIVE_P)
+ADAPTIVE_NOTE = "no paper; the LPSGD paper's smallest gain of LPSGDM over SGDM as a stand-in"
+
+
+def _adaptive_claim(name: str, treatment: Arm, control: Arm, metric: str = ACCURACY) -> Claim:
+    return Claim(
+        name,
+        "this project (issue 15)",
+        treatment=treatment,
+        control=control,
+        paper_effect=LPSGDM_EFFECT,
+        margin=0.5,
+        effect_note=ADAPTIVE_NOTE,
+        metric=metric,
+        group=ADAPTIVE,
+    )
+
+
+ADAPTIVE_CLAIMS: tuple[Claim, ...] = (
+    _adaptive_claim("Adaptive p beats cosine p", ADAPTIVE_ARM, LPSGDM),
+    _adaptive_claim("Adaptive p beats cosine p", ADAPTIVE_ARM, LPSGDM, EQUAL_TIME),
+    _adaptive_claim(
+        "Adaptive p beats its shuffled control", ADAPTIVE_ARM, Arm("lpsgdm", SHUFFLED_P)
+    ),
+    _adaptive_claim(
+        "Adaptive p beats its shuffled control", ADAPTIVE_ARM, Arm("lpsgdm", SHUFFLED_P), EQUAL_TIME
+    ),
+    _adaptive_claim("Adaptive p beats fixed p = 2", ADAPTIVE_ARM, Arm("lpsgdm", {"p_max": 2.0})),
+    _adaptive_claim(
+        "Adaptive p beats fixed p = p_max", ADAPTIVE_ARM, Arm("lpsgdm", {"p_schedule": "constant"})
+    ),
+    _adaptive_claim("Cosine p beats the shuffled control", LPSGDM, Arm("lpsgdm", SHUFFLED_P)),
+)
+"""The adaptive-p comparison, in report order (each at equal steps; against cosine p and the
+shuffled control also at equal wall-clock)."""
+CLAIMS += ADAPTIVE_CLAIMS
+
+
+def charged(series: Series) -> tuple[Series, float]:
+    """``series`` with each run's final test accuracy replaced by its learning curve's value
+    (linear between checkpoints) at step ``S / (1 + f)``, where ``S`` is the run's steps and
+    ``f`` the median over the series' runs of ``extra["estimator_fraction"]``, the estimator's
+    time per step in training steps (0 for a run without an estimator); returns ``f`` too.
+
+    At that step the run's steps plus the estimator's cost, counted in steps of the same run,
+    equal ``S``: the equal-wall-clock budget of a control that trains ``S`` steps with no
+    estimator. A ratio measured inside each run, and its median over runs, keeps the load of a
+    shared machine (which slows steps and estimator alike) from deciding the comparison."""
+    fractions = stats.finite([f for f in series.extra("estimator_fraction") if f is not None])
+    fraction = float(np.median(fractions)) if len(fractions) else 0.0
+    if fraction == 0.0:
+        return series, 0.0
+    records = []
+    for record in series.records:
+        result = record["result"]
+        curves = result["curves"]
+        at = result["steps"] / (1.0 + fraction)
+        value = float(np.interp(at, curves["step"], curves["test_acc"]))
+        final = {**result["final"], "test_acc": value}
+        records.append({**record, "result": {**result, "final": final}})
+    return replace(series, records=records), fraction
+
+
+def _equal_time_row(claim: Claim, task: str, a: Series, b: Series) -> ClaimRow:
+    charged_a, fraction_a = charged(a)
+    charged_b, fraction_b = charged(b)
+    row = _accuracy_row(claim, task, charged_a, charged_b)
+    charges = [
+        f"{s.label} charged {f:.1%} of a step per step"
+        for s, f in ((a, fraction_a), (b, fraction_b))
+        if f
+    ]
+    row.note = "; ".join([*charges, row.note] if row.note else charges)
+    return row
+
+
+def mean_p(series: Series) -> float:
+    """The mean over runs and steps of the per-step p (``extra["p_steps"]``); NaN without."""
+    steps = [v for values in series.extra("p_steps") if values for v in values]
+    return float(np.mean(steps)) if steps else math.nan
+
 
 def lr_wd(series: Series) -> float:
     """``lr * weight_decay`` of a series (the decoupled shrink per step)."""
@@ -450,6 +542,8 @@ def _applies(claim: Claim, section: Section, a: Series, b: Series) -> bool:
     """Grokking claims on grokking runs; accuracy claims where both arms measured it."""
     if claim.metric == GENERALISATION:
         return section.task == "grokking"
+    if claim.metric == EQUAL_TIME:
+        return all("test_acc" in (r["result"].get("curves") or {}) for r in a.records + b.records)
     return bool(np.isfinite(a.final("test_acc")).any() and np.isfinite(b.final("test_acc")).any())
 
 
@@ -459,7 +553,9 @@ def evaluate(
     """Every applicable claim on every section, Holm-corrected together, with verdicts."""
     rows = []
     for claim in claims:
-        make = _generalisation_row if claim.metric == GENERALISATION else _accuracy_row
+        make = {GENERALISATION: _generalisation_row, EQUAL_TIME: _equal_time_row}.get(
+            claim.metric, _accuracy_row
+        )
         for section in sections:
             tests = [(claim, a, b) for a, b in _arms(claim, section)]
             tests += matched_regularisation(claim, section)
@@ -499,6 +595,41 @@ def step_size_answer(rows: Sequence[ClaimRow]) -> str:
         sentences.append(
             f"On {row.task}: {answers[row.verdict]} (effect {fmt_effect(row)}, "
             f"MDE {row.mde:.2f}, n {row.n})."
+        )
+    return question + " ".join(sentences)
+
+
+def adaptive_answer(rows: Sequence[ClaimRow]) -> str:
+    """One sentence per task answering: does a curvature-adaptive p help, and is curvature
+    what helps? Read from the equal-step rows against cosine p and against the shuffled
+    control, with the equal-wall-clock verdict against cosine p beside."""
+    question = "**Does a curvature-adaptive p beat the cosine schedule, and is it the curvature?** "
+    mine = [row for row in rows if row.group == ADAPTIVE]
+    if not mine:
+        return question + "Not answered: no adaptive-p runs in these records."
+    sentences = []
+    for task in dict.fromkeys(row.task for row in mine):
+        found = {(r.claim, r.metric): r for r in mine if r.task == task}
+        cosine = found.get(("Adaptive p beats cosine p", ACCURACY))
+        control = found.get(("Adaptive p beats its shuffled control", ACCURACY))
+        timed = found.get(("Adaptive p beats cosine p", EQUAL_TIME))
+        if cosine is None or control is None:
+            sentences.append(f"On {task}: not answered (an arm is missing).")
+            continue
+        if cosine.verdict == REPRODUCED and control.verdict != REPRODUCED:
+            answer = (
+                "adaptive p beats cosine p but not its shuffled control, so curvature is not "
+                "what drives the gain (the distribution of p values is)"
+            )
+        elif cosine.verdict == REPRODUCED:
+            answer = "adaptive p beats cosine p and its shuffled control: measured curvature helps"
+        else:
+            answer = f"adaptive p does not beat cosine p ({cosine.verdict})"
+            answer += f"; against its shuffled control: {control.verdict}"
+        if timed is not None:
+            answer += f"; at equal wall-clock against cosine p: {timed.verdict}"
+        sentences.append(
+            f"On {task}: {answer} (equal steps, effect {fmt_effect(cosine)}, n {cosine.n})."
         )
     return question + " ".join(sentences)
 
@@ -546,6 +677,8 @@ def markdown(rows: Sequence[ClaimRow]) -> str:
             units,
             "",
             step_size_answer(rows),
+            "",
+            adaptive_answer(rows),
             "",
             RULE,
             "",

@@ -79,8 +79,8 @@ import torch
 from torch import nn
 
 from geoptim import create_optimizer, param_groups
-from geoptim.curvature_schedule import DEFAULT_INTERVAL
 from geoptim.bench.models import count_params
+from geoptim.curvature_schedule import DEFAULT_INTERVAL
 
 if TYPE_CHECKING:
     from geoptim.bench.tasks.base import TrainableTask
