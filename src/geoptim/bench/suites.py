@@ -14,7 +14,11 @@ so every comparison is a paired test over the seeds both arms ran.
 * ``standard`` (<= 60 min on 2 cores): 20 seeds for the same comparisons, AdamW / Lion /
   SepNorm beside them, the p_max sweep, the grokking MLP's weight-decay sweep (the
   same ``lr * wd`` values for every optimizer) and the canonical one-layer transformer (one seed
-  per optimizer: a 3000-step run costs ~14 CPU-min, so its rows are descriptive).
+  per optimizer: a 3000-step run costs ~14 CPU-min, so its rows are descriptive); and issue 15:
+  the premise of the cosine p schedule (the Hessian's anisotropy over training for SGDM and
+  LPSGDM, 3 seeds, on digits, MNIST-1D and the ViT; :func:`_premise`) and the adaptive-p
+  comparison (LPSGDM with :class:`geoptim.CurvaturePScheduler` and its shuffled control, 20
+  seeds on digits and MNIST-1D, beside the cosine and fixed-p arms; :func:`_adaptive_p`).
 * ``full``: GPU scale (CIFAR-10/100, the transformer with 10 seeds, curvature and momentum
   tracing), the same protocol.
 
