@@ -183,7 +183,9 @@ def test_adaptive_claims_and_the_answer() -> None:
     assert steps.verdict == claims.REPRODUCED and steps.effect == pytest.approx(5.0)
     # charged 2%: read at step 100 / 1.02, on the last segment of the curve (0.1 over 25 steps)
     assert timed.effect == pytest.approx(5.0 - (100 - 100 / 1.02) / 25 * 10, abs=1e-9)
-    assert "charged 2.0% of a step per step" in timed.note
+    assert timed.note == (
+        f"{timed.treatment} charged 2.0% of a step per step; {timed.treatment}: mean p 5.00"
+    )
     assert found[("Adaptive p beats its shuffled control", claims.ACCURACY)].verdict == (
         claims.EQUIVALENT
     )

@@ -367,21 +367,26 @@ def charged(series: Series) -> tuple[Series, float]:
     return replace(series, records=records), fraction
 
 
-def _equal_time_row(claim: Claim, task: str, a: Series, b: Series) -> ClaimRow:
-    charged_a, fraction_a = charged(a)
-    charged_b, fraction_b = charged(b)
-    row = _accuracy_row(claim, task, charged_a, charged_b)
-    charges = [
-        f"{s.label} charged {f:.1%} of a step per step"
-        for s, f in ((a, fraction_a), (b, fraction_b))
-        if f
-    ]
-    row.note = "; ".join([*charges, row.note] if row.note else charges)
+def _adaptive_row(claim: Claim, task: str, a: Series, b: Series) -> ClaimRow:
+    """A row of the adaptive-p claims: at equal steps, or at equal wall-clock (``EQUAL_TIME``,
+    each arm :func:`charged`); the note gives the charges and each arm's mean p."""
+    notes = []
+    if claim.metric == EQUAL_TIME:
+        (a, fraction_a), (b, fraction_b) = charged(a), charged(b)
+        notes += [
+            f"{s.label} charged {f:.1%} of a step per step"
+            for s, f in ((a, fraction_a), (b, fraction_b))
+            if f
+        ]
+    row = _accuracy_row(claim, task, a, b)
+    notes += [f"{s.label}: mean p {mean_p(s):.2f}" for s in (a, b) if math.isfinite(mean_p(s))]
+    row.note = "; ".join(notes)
     return row
 
 
 def mean_p(series: Series) -> float:
-    """The mean over runs and steps of the per-step p (``extra["p_steps"]``); NaN without."""
+    """The mean over runs and steps of the per-step p (``extra["p_steps"]``); NaN without
+    (the cosine and fixed-p runs do not log it)."""
     steps = [v for values in series.extra("p_steps") if values for v in values]
     return float(np.mean(steps)) if steps else math.nan
 
@@ -553,9 +558,11 @@ def evaluate(
     """Every applicable claim on every section, Holm-corrected together, with verdicts."""
     rows = []
     for claim in claims:
-        make = {GENERALISATION: _generalisation_row, EQUAL_TIME: _equal_time_row}.get(
-            claim.metric, _accuracy_row
-        )
+        make = _accuracy_row
+        if claim.metric == GENERALISATION:
+            make = _generalisation_row
+        elif claim.group == ADAPTIVE:
+            make = _adaptive_row
         for section in sections:
             tests = [(claim, a, b) for a, b in _arms(claim, section)]
             tests += matched_regularisation(claim, section)
@@ -627,7 +634,7 @@ def adaptive_answer(rows: Sequence[ClaimRow]) -> str:
             answer = f"adaptive p does not beat cosine p ({cosine.verdict})"
             answer += f"; against its shuffled control: {control.verdict}"
         if timed is not None:
-            answer += f"; at equal wall-clock against cosine p: {timed.verdict}"
+            answer += f"; at equal wall-clock against cosine p: {timed.verdict} ({timed.note})"
         sentences.append(
             f"On {task}: {answer} (equal steps, effect {fmt_effect(cosine)}, n {cosine.n})."
         )
