@@ -115,14 +115,14 @@ def test_premise_on_records_with_a_known_trend() -> None:
     }
     runs = [(opt, seed, falling) for opt in ("sgdm", "lpsgdm") for seed in range(3)]
     sentence = premise_sentence("toy", runs)
-    assert sentence.startswith("**toy: anisotropy falls, as the paper assumes.**")
+    assert sentence.startswith("**toy: the anisotropy falls over training, as the paper assumes.**")
     assert "falls over training in 6 of 6 runs and rises in 0" in sentence
     assert "sgdm 3/3, lpsgdm 3/3" in sentence and "λmax falls in 0 and rises in 6" in sentence
     assert "from 0.100 to 0.020" in sentence
     rising = [_entry(e, 10.0 * (1 + e), 1.0) for e in range(5)]
     mixed = runs[:3] + [("lpsgdm", s, rising) for s in range(3)]
     assert "no consistent trend" in premise_sentence("toy", mixed)
-    assert "rises, against the premise" in premise_sentence("toy", [mixed[3]] * 6)
+    assert "rises over training, against the premise" in premise_sentence("toy", [mixed[3]] * 6)
 
 
 # --------------------------------------------------------------------------------------------

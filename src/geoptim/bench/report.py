@@ -359,9 +359,13 @@ def premise_sentence(task: str, runs: list[tuple[str, int, list[dict]]]) -> str:
     trends = [(optimizer, run_trends(records)) for optimizer, _, records in runs]
     tests = {name: sign_test([t[name] for _, t in trends]) for name in TREND_MEASURES}
     falls, rises, p = tests["anisotropy"]
-    verdict = "no consistent trend"
+    verdict = "shows no consistent trend over training"
     if p < 0.05:
-        verdict = "falls, as the paper assumes" if falls > rises else "rises, against the premise"
+        verdict = (
+            "falls over training, as the paper assumes"
+            if falls > rises
+            else "rises over training, against the premise"
+        )
     per_optimizer = ", ".join(
         f"{optimizer} {sum(t['anisotropy'] < 0 for o, t in trends if o == optimizer)}/"
         f"{sum(o == optimizer for o, _ in trends)}"
@@ -377,7 +381,7 @@ def premise_sentence(task: str, runs: list[tuple[str, int, list[dict]]]) -> str:
     first = np.mean([records[0]["negative_mass"] for _, _, records in runs])
     last = np.mean([records[-1]["negative_mass"] for _, _, records in runs])
     return (
-        f"**{task}: anisotropy {verdict}.** λmax / mean|λ| falls over training in {falls} of "
+        f"**{task}: the anisotropy {verdict}.** λmax / mean|λ| falls over training in {falls} of "
         f"{len(runs)} runs and rises in {rises} (falls: {per_optimizer}), sign test p = {p:.2g}; "
         f"{others}; the negative mass goes from {first:.3f} to {last:.3f} (mean over runs, first "
         "and last epoch measured)."
