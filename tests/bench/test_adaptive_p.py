@@ -196,3 +196,33 @@ def test_adaptive_claims_and_the_answer() -> None:
     found, rows = _rows(adaptive=0.80, cosine=0.80, control=0.80)
     assert "adaptive p does not beat cosine p (equivalent)" in claims.adaptive_answer(rows)
     assert "Not answered" in claims.adaptive_answer([])
+
+
+def test_standard_suite_arms_and_the_control_counted_twice() -> None:
+    from geoptim.bench import suites
+    from geoptim.bench.presets import Presets
+    from geoptim.bench.records import RunSpec
+    from geoptim.cli.common import make_task
+
+    specs = suites.build_specs(suites.select("standard"), Presets(), "standard", make_task)
+    adaptive = {
+        (s.task, s.hparams["p_schedule"]) for s in specs if s.variant in (ADAPTIVE_P, SHUFFLED_P)
+    }
+    assert adaptive == {(t, p) for t in ("digits", "mnist1d") for p in ("curvature", "shuffled")}
+    premise = [s for s in specs if s.kind == "curvature"]
+    assert {s.task for s in premise} == {"digits", "mnist1d", "vit"}
+    assert all(s.budget["slq_probes"] >= 10 and s.budget["mode"] == "eval" for s in premise)
+    assert {s.seed for s in premise} == {0, 1, 2}
+
+    class Timed:
+        def estimated_seconds(self, budget, optimizer=None):
+            return 1.5
+
+    base = RunSpec(
+        task="t", optimizer="lpsgdm", hparams={"p_schedule": "curvature"}, seed=0, budget={}
+    )
+    control = RunSpec(
+        task="t", optimizer="lpsgdm", hparams={"p_schedule": "shuffled"}, seed=0, budget={}
+    )
+    assert suites.estimated_seconds(base, Timed()) == 1.5
+    assert suites.estimated_seconds(control, Timed()) == 3.0  # it replays the adaptive run
