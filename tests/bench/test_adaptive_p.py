@@ -179,13 +179,11 @@ def _rows(adaptive, cosine, control):
 def test_adaptive_claims_and_the_answer() -> None:
     found, rows = _rows(adaptive=0.85, cosine=0.80, control=0.85)
     steps = found[("Adaptive p beats cosine p", claims.ACCURACY)]
-    timed = found[("Adaptive p beats cosine p", claims.EQUAL_TIME)]
+    timed = found[("Adaptive p beats cosine p at equal wall-clock", claims.EQUAL_TIME)]
     assert steps.verdict == claims.REPRODUCED and steps.effect == pytest.approx(5.0)
     # charged 2%: read at step 100 / 1.02, on the last segment of the curve (0.1 over 25 steps)
     assert timed.effect == pytest.approx(5.0 - (100 - 100 / 1.02) / 25 * 10, abs=1e-9)
-    assert timed.note == (
-        f"{timed.treatment} charged 2.0% of a step per step; {timed.treatment}: mean p 5.00"
-    )
+    assert timed.note == "curvature charged 2.0% of a step per step; curvature: mean p 5.00"
     assert found[("Adaptive p beats its shuffled control", claims.ACCURACY)].verdict == (
         claims.EQUIVALENT
     )

@@ -324,12 +324,17 @@ def _adaptive_claim(name: str, treatment: Arm, control: Arm, metric: str = ACCUR
 
 ADAPTIVE_CLAIMS: tuple[Claim, ...] = (
     _adaptive_claim("Adaptive p beats cosine p", ADAPTIVE_ARM, LPSGDM),
-    _adaptive_claim("Adaptive p beats cosine p", ADAPTIVE_ARM, LPSGDM, EQUAL_TIME),
+    _adaptive_claim(
+        "Adaptive p beats cosine p at equal wall-clock", ADAPTIVE_ARM, LPSGDM, EQUAL_TIME
+    ),
     _adaptive_claim(
         "Adaptive p beats its shuffled control", ADAPTIVE_ARM, Arm("lpsgdm", SHUFFLED_P)
     ),
     _adaptive_claim(
-        "Adaptive p beats its shuffled control", ADAPTIVE_ARM, Arm("lpsgdm", SHUFFLED_P), EQUAL_TIME
+        "Adaptive p beats its shuffled control at equal wall-clock",
+        ADAPTIVE_ARM,
+        Arm("lpsgdm", SHUFFLED_P),
+        EQUAL_TIME,
     ),
     _adaptive_claim("Adaptive p beats fixed p = 2", ADAPTIVE_ARM, Arm("lpsgdm", {"p_max": 2.0})),
     _adaptive_claim(
@@ -374,14 +379,19 @@ def _adaptive_row(claim: Claim, task: str, a: Series, b: Series) -> ClaimRow:
     if claim.metric == EQUAL_TIME:
         (a, fraction_a), (b, fraction_b) = charged(a), charged(b)
         notes += [
-            f"{s.label} charged {f:.1%} of a step per step"
+            f"{_schedule(s)} charged {f:.1%} of a step per step"
             for s, f in ((a, fraction_a), (b, fraction_b))
             if f
         ]
     row = _accuracy_row(claim, task, a, b)
-    notes += [f"{s.label}: mean p {mean_p(s):.2f}" for s in (a, b) if math.isfinite(mean_p(s))]
+    notes += [f"{_schedule(s)}: mean p {mean_p(s):.2f}" for s in (a, b) if math.isfinite(mean_p(s))]
     row.note = "; ".join(notes)
     return row
+
+
+def _schedule(series: Series) -> str:
+    """The short name of an LPSGDM arm in the notes: its ``p_schedule``."""
+    return str(series.variant.get("p_schedule", "cosine"))
 
 
 def mean_p(series: Series) -> float:
@@ -619,7 +629,7 @@ def adaptive_answer(rows: Sequence[ClaimRow]) -> str:
         found = {(r.claim, r.metric): r for r in mine if r.task == task}
         cosine = found.get(("Adaptive p beats cosine p", ACCURACY))
         control = found.get(("Adaptive p beats its shuffled control", ACCURACY))
-        timed = found.get(("Adaptive p beats cosine p", EQUAL_TIME))
+        timed = found.get(("Adaptive p beats cosine p at equal wall-clock", EQUAL_TIME))
         if cosine is None or control is None:
             sentences.append(f"On {task}: not answered (an arm is missing).")
             continue
