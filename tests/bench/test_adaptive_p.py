@@ -192,7 +192,9 @@ def test_adaptive_claims_and_the_answer() -> None:
     found, rows = _rows(adaptive=0.85, cosine=0.80, control=0.80)
     assert "measured curvature helps" in claims.adaptive_answer(rows)
     found, rows = _rows(adaptive=0.80, cosine=0.80, control=0.80)
-    assert "adaptive p does not beat cosine p (equivalent)" in claims.adaptive_answer(rows)
+    assert "adaptive p is equivalent to cosine p" in claims.adaptive_answer(rows)
+    found, rows = _rows(adaptive=0.80, cosine=0.85, control=0.80)
+    assert "cosine p beats adaptive p" in claims.adaptive_answer(rows)
     assert "Not answered" in claims.adaptive_answer([])
 
 

@@ -641,7 +641,10 @@ def adaptive_answer(rows: Sequence[ClaimRow]) -> str:
         elif cosine.verdict == REPRODUCED:
             answer = "adaptive p beats cosine p and its shuffled control: measured curvature helps"
         else:
-            answer = f"adaptive p does not beat cosine p ({cosine.verdict})"
+            answer = {
+                REFUTED: "cosine p beats adaptive p",
+                EQUIVALENT: "adaptive p is equivalent to cosine p",
+            }.get(cosine.verdict, f"adaptive p does not beat cosine p ({cosine.verdict})")
             answer += f"; against its shuffled control: {control.verdict}"
         if timed is not None:
             answer += f"; at equal wall-clock against cosine p: {timed.verdict} ({timed.note})"
