@@ -5,7 +5,10 @@ with a forest plot of every claim. Then per task: the end-of-budget summary (tes
 NLL, the mean test accuracy over the run), test accuracy and train NLL at checkpoints (mean ±
 sample std over seeds, best mean in bold), time to a target accuracy in steps and seconds,
 learning curves; grokking times and gaps (censored runs counted), gap against lr·wd; quadratic
-trajectories. Validation metrics are never reported as results (they are for tuning).
+trajectories. Analysis records: per task with curvature runs, the premise of the cosine p
+schedule (does the Hessian's anisotropy fall over training? a figure and a sentence from a sign
+test over the runs), then single runs' spectra and momentum tracing. Validation metrics are never
+reported as results (they are for tuning).
 """
 
 from __future__ import annotations
