@@ -57,6 +57,9 @@ def test_curvature_schedule_in_the_loop_logs_p_and_the_estimator() -> None:
     assert all(p_steps[k] == p_steps[k + 1] for k in range(0, 18, 2))  # changes every 2 steps
     assert extra["estimator_s"] > 0 and extra["estimator_fraction"] > 0
     assert result["curves"]["p"][0] == 6.0 and result["curves"]["p"][1] == p_steps[3]
+    for schedule in ("curvature", "shuffled"):
+        with pytest.raises(ValueError, match="needs p_max"):
+            train(ToyTask(), "sgdm", {"lr": 0.05, "p_schedule": schedule}, 1, BUDGET)
     cosine = train(ToyTask(), "lpsgdm", {"lr": 0.05, "p_max": 6.0}, 1, BUDGET)["extra"]
     assert "p_steps" not in cosine and "estimator_s" not in cosine
 

@@ -163,6 +163,8 @@ def setup_optimizer(
     p_schedule = hparams.get("p_schedule", "cosine")
     if p_schedule not in P_SCHEDULES:
         raise ValueError(f"unknown p_schedule {p_schedule!r}; known: {', '.join(P_SCHEDULES)}")
+    if p_schedule in PER_STEP_P and hparams.get("p_max") is None:
+        raise ValueError(f"p_schedule {p_schedule!r} needs p_max (LPSGD/LPSGDM)")
     lr, weight_decay = float(hparams["lr"]), float(hparams.get("weight_decay", 0.0))
     kwargs = {k: v for k, v in hparams.items() if k not in SCHEDULE_KEYS}
     if isinstance(kwargs.get("betas"), list):
@@ -213,7 +215,8 @@ def setup_optimizer(
         p_scheduler = ReplayPScheduler(optimizer, p_replay or [float(p_max)])
     elif p_max is not None:
         p_scheduler = CosinePScheduler(optimizer, float(p_max), T_max=max(p_intervals, 1))
-    return OptimizerSetup(optimizer, lr_scheduler, p_scheduler, p_schedule in PER_STEP_P)
+    per_step = p_scheduler is not None and p_schedule in PER_STEP_P
+    return OptimizerSetup(optimizer, lr_scheduler, p_scheduler, per_step)
 
 
 class ReplayPScheduler:
