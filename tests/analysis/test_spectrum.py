@@ -127,6 +127,21 @@ def test_hvp_equals_hessian_times_vector(method: str, mode: str) -> None:
     assert model.training == (mode == "train")
 
 
+def test_hvp_through_attention_is_symmetric() -> None:
+    """A transformer's products run (CPU's fused attention kernel has no double backward) and
+    give a symmetric operator: u^T H v = v^T H u."""
+    from geoptim.bench.tasks.vit import TinyViT
+
+    torch.manual_seed(0)
+    model = TinyViT(d_model=8, n_heads=2, n_layers=1, d_mlp=8).eval()
+    images, labels = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    op = HessianOperator(model, F.cross_entropy, (images, labels), method="reverse")
+    u, v = torch.randn(op.size, dtype=op.dtype), torch.randn(op.size, dtype=op.dtype)
+    hu, hv = op.matvec(u), op.matvec(v)
+    assert float(hv.norm()) > 0
+    assert float(u @ hv) == pytest.approx(float(v @ hu), rel=1e-4)
+
+
 def test_float64_option_on_float32_model() -> None:
     model = small_mlp().float().eval()
     x, y = batch()

@@ -27,7 +27,8 @@ uses its running statistics (read, never written); in ``train()`` mode it normal
 batch statistics, the Hessian is that of the training-mode loss, and the running statistics are
 left untouched (they are passed as ``None`` to the functional call). The model itself is never
 modified: the loss is evaluated with :func:`torch.func.functional_call` on a flat copy of its
-parameters and detached buffers.
+parameters and detached buffers. Attention runs on PyTorch's composite ("math") kernel, the one
+``scaled_dot_product_attention`` backend whose backward is itself differentiable.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 LossFn = Callable[[Any, Any], Tensor]
 Batch = tuple[Any, Any]
@@ -146,7 +148,8 @@ class HessianOperator:
 
     def _batch_loss(self, flat: Tensor, inputs: Any, targets: Any) -> Tensor:
         tensors = {**self._fixed, **self.unflatten(flat)}
-        outputs = functional_call(self.model, (tensors, self._buffers), (inputs,))
+        with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no double backward
+            outputs = functional_call(self.model, (tensors, self._buffers), (inputs,))
         return self.loss_fn(outputs, targets)
 
     def _gradient_fn(self, inputs: Any, targets: Any) -> Callable[[Tensor], Tensor]:

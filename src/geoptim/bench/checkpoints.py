@@ -50,7 +50,16 @@ if TYPE_CHECKING:
 CHECKPOINTS_SUBDIR = "checkpoints"
 FORMAT = 1
 """The checkpoint layout's version; a file of another layout is ignored."""
-POSITION_KEYS = ("step", "epoch", "batch", "train_time", "curves", "agr_changes")
+POSITION_KEYS = (
+    "step",
+    "epoch",
+    "batch",
+    "train_time",
+    "curves",
+    "agr_changes",
+    "p_steps",
+    "estimator_time",
+)
 """The loop's own entries of a checkpoint (the ``loop`` dict :meth:`Checkpoint.save` takes)."""
 DEFAULT_INTERVAL_S = 60.0
 """The benchmark's default least time between two checkpoints of a run: a kill loses at most

@@ -15,6 +15,9 @@ Primary metrics (validation metrics are never used here; they are for tuning):
   is better, paired by seed; effect = ``100 (control - treatment) / mean(control)``, the percent
   by which the treatment lowers the metric (the papers report other metrics, SOP accuracy, FID
   and IS, so their gains enter as relative gains).
+* ``EQUAL_TIME``: test accuracy in points at equal wall-clock, for the adaptive p schedule: each
+  run's cost is charged in measured step-equivalents (:func:`charged`), and its test accuracy
+  is read from its learning curve at the step where that cost equals the control's budget.
 * ``GENERALISATION``: grokking, the step at which test accuracy first reaches τ (the end point
   of the grokking gap), a time-to-event: a run that never gets there, whether or not it fitted
   its training set, is censored at its budget. Log-rank test; effect = the log hazard ratio
@@ -38,7 +41,7 @@ import numpy as np
 
 from geoptim.bench import stats
 from geoptim.bench.results import Section, Series, fmt_sample, paired
-from geoptim.bench.suites import CHARLM_WD
+from geoptim.bench.suites import ADAPTIVE_P, CHARLM_WD, SHUFFLED_P
 from geoptim.bench.tasks.quadratic import PROBLEMS
 
 ALPHA = stats.ALPHA
@@ -55,6 +58,7 @@ ACCURACY = "test accuracy (points)"
 BPC = "test bits per char (% lower)"
 SWD = "test sliced Wasserstein (% lower)"
 FD = "test Fréchet distance (% lower)"
+EQUAL_TIME = "test accuracy at equal wall-clock (points)"
 GENERALISATION = "steps to test acc ≥ τ (log HR)"
 BOUND = "late loss / lower bound (log)"
 
@@ -84,6 +88,7 @@ PAIRED_METRICS = {
     BPC: PairedMetric("test_bpc", lower_is_better=True, relative=True, digits=3),
     SWD: PairedMetric("test_swd", lower_is_better=True, relative=True, digits=4),
     FD: PairedMetric("test_fd", lower_is_better=True, relative=True, digits=2),
+    EQUAL_TIME: PairedMetric("test_acc", scale=100.0),  # read off the curves by :func:`charged`
 }
 """The paired metrics by name; :func:`primary_metric` picks one per section."""
 
@@ -474,6 +479,108 @@ CLAIMS: tuple[Claim, ...] = (
 """Every claim, in report order. The grokking claims are also tested at matched
 regularisation (:func:`matched_regularisation`)."""
 
+# --------------------------------------------------------------------------------------------
+# Issue 15: LPSGDM with a curvature-adaptive p against the cosine schedule, fixed p and a
+# control with the adaptive run's p values in shuffled blocks (no paper claims any of these: the
+# paper's smallest gain is the stand-in effect size).
+
+ADAPTIVE = "adaptive p"
+ADAPTIVE_ARM = Arm("lpsgdm", ADAPTIVE_P)
+ADAPTIVE_NOTE = "no paper; the LPSGD paper's smallest gain of LPSGDM over SGDM as a stand-in"
+
+
+def _adaptive_claim(name: str, treatment: Arm, control: Arm, metric: str = ACCURACY) -> Claim:
+    return Claim(
+        name,
+        "this project (issue 15)",
+        treatment=treatment,
+        control=control,
+        paper_effect=LPSGDM_EFFECT,
+        margin=0.5,
+        effect_note=ADAPTIVE_NOTE,
+        metric=metric,
+        group=ADAPTIVE,
+    )
+
+
+ADAPTIVE_CLAIMS: tuple[Claim, ...] = (
+    _adaptive_claim("Adaptive p beats cosine p", ADAPTIVE_ARM, LPSGDM),
+    _adaptive_claim(
+        "Adaptive p beats cosine p at equal wall-clock", ADAPTIVE_ARM, LPSGDM, EQUAL_TIME
+    ),
+    _adaptive_claim(
+        "Adaptive p beats its shuffled control", ADAPTIVE_ARM, Arm("lpsgdm", SHUFFLED_P)
+    ),
+    _adaptive_claim(
+        "Adaptive p beats its shuffled control at equal wall-clock",
+        ADAPTIVE_ARM,
+        Arm("lpsgdm", SHUFFLED_P),
+        EQUAL_TIME,
+    ),
+    _adaptive_claim("Adaptive p beats fixed p = 2", ADAPTIVE_ARM, Arm("lpsgdm", {"p_max": 2.0})),
+    _adaptive_claim(
+        "Adaptive p beats fixed p = p_max", ADAPTIVE_ARM, Arm("lpsgdm", {"p_schedule": "constant"})
+    ),
+    _adaptive_claim("Cosine p beats the shuffled control", LPSGDM, Arm("lpsgdm", SHUFFLED_P)),
+)
+"""The adaptive-p comparison, in report order (each at equal steps; against cosine p and the
+shuffled control also at equal wall-clock)."""
+CLAIMS += ADAPTIVE_CLAIMS
+
+
+def charged(series: Series) -> tuple[Series, float]:
+    """``series`` with each run's final test accuracy replaced by its learning curve's value
+    (linear between checkpoints) at step ``S / (1 + f)``, where ``S`` is the run's steps and
+    ``f`` the median over the series' runs of ``extra["estimator_fraction"]``, the estimator's
+    time per step in training steps (0 for a run without an estimator); returns ``f`` too.
+
+    At that step the run's steps plus the estimator's cost, counted in steps of the same run,
+    equal ``S``: the equal-wall-clock budget of a control that trains ``S`` steps with no
+    estimator. A ratio measured inside each run, and its median over runs, keeps the load of a
+    shared machine (which slows steps and estimator alike) from deciding the comparison."""
+    fractions = stats.finite([f for f in series.extra("estimator_fraction") if f is not None])
+    fraction = float(np.median(fractions)) if len(fractions) else 0.0
+    if fraction == 0.0:
+        return series, 0.0
+    records = []
+    for record in series.records:
+        result = record["result"]
+        curves = result["curves"]
+        at = result["steps"] / (1.0 + fraction)
+        value = float(np.interp(at, curves["step"], curves["test_acc"]))
+        final = {**result["final"], "test_acc": value}
+        records.append({**record, "result": {**result, "final": final}})
+    return replace(series, records=records), fraction
+
+
+def _adaptive_row(claim: Claim, task: str, a: Series, b: Series) -> ClaimRow:
+    """A row of the adaptive-p claims: at equal steps, or at equal wall-clock (``EQUAL_TIME``,
+    each arm :func:`charged`); the note gives the charges and each arm's mean p."""
+    notes = []
+    if claim.metric == EQUAL_TIME:
+        (a, fraction_a), (b, fraction_b) = charged(a), charged(b)
+        notes += [
+            f"{_schedule(s)} charged {f:.1%} of a step per step"
+            for s, f in ((a, fraction_a), (b, fraction_b))
+            if f
+        ]
+    row = _paired_row(claim, task, a, b)
+    notes += [f"{_schedule(s)}: mean p {mean_p(s):.2f}" for s in (a, b) if math.isfinite(mean_p(s))]
+    row.note = "; ".join(notes)
+    return row
+
+
+def _schedule(series: Series) -> str:
+    """The short name of an LPSGDM arm in the notes: its ``p_schedule``."""
+    return str(series.variant.get("p_schedule", "cosine"))
+
+
+def mean_p(series: Series) -> float:
+    """The mean over runs and steps of the per-step p (``extra["p_steps"]``); NaN without
+    (the cosine and fixed-p runs do not log it)."""
+    steps = [v for values in series.extra("p_steps") if values for v in values]
+    return float(np.mean(steps)) if steps else math.nan
+
 
 @dataclass(frozen=True)
 class BoundClaim:
@@ -684,7 +791,10 @@ def primary_metric(section: Section) -> str:
 
 def _applies(claim: Claim, section: Section, a: Series, b: Series) -> bool:
     """A claim on the sections whose primary metric is the claim's, where both arms measured
-    it."""
+    it (an equal-wall-clock claim: on accuracy sections, from the test-accuracy curves)."""
+    if claim.metric == EQUAL_TIME:
+        curves_of = [r["result"].get("curves") or {} for r in a.records + b.records]
+        return primary_metric(section) == ACCURACY and all("test_acc" in c for c in curves_of)
     if claim.metric != primary_metric(section):
         return False
     if claim.metric == GENERALISATION:
@@ -771,7 +881,11 @@ def evaluate(
     the bound checks (:func:`bound_rows`, outside the correction)."""
     rows = []
     for claim in claims:
-        make = _generalisation_row if claim.metric == GENERALISATION else _paired_row
+        make = _paired_row
+        if claim.metric == GENERALISATION:
+            make = _generalisation_row
+        elif claim.group == ADAPTIVE:
+            make = _adaptive_row
         for section in sections:
             tests = [(claim, a, b) for a, b in _arms(claim, section)]
             tests += matched_regularisation(claim, section)
@@ -811,6 +925,44 @@ def step_size_answer(rows: Sequence[ClaimRow]) -> str:
         sentences.append(
             f"On {row.task}: {answers[row.verdict]} (effect {fmt_effect(row)}, "
             f"MDE {row.mde:.2f}, n {row.n})."
+        )
+    return question + " ".join(sentences)
+
+
+def adaptive_answer(rows: Sequence[ClaimRow]) -> str:
+    """One sentence per task answering: does a curvature-adaptive p help, and is curvature
+    what helps? Read from the equal-step rows against cosine p and against the shuffled
+    control, with the equal-wall-clock verdict against cosine p beside."""
+    question = "**Does a curvature-adaptive p beat the cosine schedule, and is it the curvature?** "
+    mine = [row for row in rows if row.group == ADAPTIVE]
+    if not mine:
+        return question + "Not answered: no adaptive-p runs in these records."
+    sentences = []
+    for task in dict.fromkeys(row.task for row in mine):
+        found = {(r.claim, r.metric): r for r in mine if r.task == task}
+        cosine = found.get(("Adaptive p beats cosine p", ACCURACY))
+        control = found.get(("Adaptive p beats its shuffled control", ACCURACY))
+        timed = found.get(("Adaptive p beats cosine p at equal wall-clock", EQUAL_TIME))
+        if cosine is None or control is None:
+            sentences.append(f"On {task}: not answered (an arm is missing).")
+            continue
+        if cosine.verdict == REPRODUCED and control.verdict != REPRODUCED:
+            answer = (
+                "adaptive p beats cosine p but not its shuffled control, so curvature is not "
+                "what drives the gain (the distribution of p values is)"
+            )
+        elif cosine.verdict == REPRODUCED:
+            answer = "adaptive p beats cosine p and its shuffled control: measured curvature helps"
+        else:
+            answer = {
+                REFUTED: "cosine p beats adaptive p",
+                EQUIVALENT: "adaptive p is equivalent to cosine p",
+            }.get(cosine.verdict, f"adaptive p does not beat cosine p ({cosine.verdict})")
+            answer += f"; against its shuffled control: {control.verdict}"
+        if timed is not None:
+            answer += f"; at equal wall-clock against cosine p: {timed.verdict} ({timed.note})"
+        sentences.append(
+            f"On {task}: {answer} (equal steps, effect {fmt_effect(cosine)}, n {cosine.n})."
         )
     return question + " ".join(sentences)
 
@@ -870,6 +1022,8 @@ def markdown(rows: Sequence[ClaimRow]) -> str:
             units,
             "",
             step_size_answer(rows),
+            "",
+            adaptive_answer(rows),
             "",
             RULE,
             "",

@@ -308,3 +308,47 @@ def forest(rows: Sequence[ClaimRow], path: Path, title: str) -> bool:
 def _short(row: ClaimRow) -> str:
     text = f"{row.claim} [{row.task}]"
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+PREMISE_PANELS = (
+    ("anisotropy", "anisotropy λmax / mean|λ|"),
+    ("lambda_max", "λmax"),
+    ("bulk", "bulk mean|λ|"),
+)
+
+
+def premise(runs: Sequence[tuple[str, int, list[dict]]], path: Path, title: str) -> bool:
+    """The premise figure of one task: anisotropy, λmax and the bulk (log scales) against the
+    epoch, one line per ``(optimizer, seed, curvature records)`` run, one colour per optimizer."""
+    from geoptim.analysis.curvature import measure
+
+    runs = [run for run in runs if len(run[2]) >= 2]
+    if not runs:
+        return False
+    colours = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(run[0] for run in runs))}
+    fig = Figure(figsize=(5.0 * len(PREMISE_PANELS), 3.8))
+    axes = fig.subplots(1, len(PREMISE_PANELS), squeeze=False)[0]
+    for ax, (name, label) in zip(axes, PREMISE_PANELS, strict=True):
+        labelled = set()
+        for optimizer, _, records in runs:
+            epochs = [entry["epoch"] for entry in records]
+            values = [measure(entry, name) for entry in records]
+            ax.plot(
+                epochs,
+                values,
+                "o-",
+                color=colours[optimizer],
+                alpha=0.75,
+                markersize=3,
+                label=None if optimizer in labelled else optimizer,
+            )
+            labelled.add(optimizer)
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    _layout(fig)
+    fig.savefig(path, dpi=DPI)
+    return True

@@ -6,8 +6,10 @@ mean test accuracy over the run), test accuracy and train NLL at checkpoints (me
 seeds, best mean in bold), the language model's test bits per character and the diffusion model's
 test distances (sliced Wasserstein, MMD², Fréchet) at the same checkpoints with their floors, time
 to a target accuracy in steps and seconds, learning curves; grokking times and gaps (censored runs
-counted), gap against lr·wd; quadratic trajectories. Validation metrics are never reported as
-results (they are for tuning).
+counted), gap against lr·wd; quadratic trajectories. Analysis records: per task with curvature runs,
+the premise of the cosine p schedule (does the Hessian's anisotropy fall over training? a figure and
+a sentence from a sign test over the runs), then single runs' spectra and momentum tracing.
+Validation metrics are never reported as results (they are for tuning).
 """
 
 from __future__ import annotations
@@ -303,7 +305,11 @@ def _figure_groups(section: Section) -> list[tuple[str, list[Series]]]:
         optimizers = {s.optimizer for s in varied}
         base = [s for s in section.series if s.is_base and s.optimizer in optimizers]
         groups.append((key, base + varied))
-    return [(key, members) for key, members in groups if members]
+    unique: list[tuple[str, list[Series]]] = []
+    for key, members in groups:
+        if members and all(members != kept for _, kept in unique):
+            unique.append((key, members))  # variants that set several keys: one figure
+    return unique
 
 
 def _section(section: Section, out_dir: Path) -> str:
@@ -360,7 +366,77 @@ def _section(section: Section, out_dir: Path) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Analysis experiments (full suite): curvature evolution and momentum tracing
+# Analysis experiments: curvature evolution (the premise of the cosine p schedule, per task;
+# single runs in detail) and momentum tracing
+
+PREMISE_MIN_RUNS = 3
+"""A task with this many curvature runs gets the premise figure and sentence only; one with
+fewer also gets every run's spectrum figure and table."""
+PREMISE_RULE = (
+    "per run, Spearman's ρ of the measure against the epoch (ρ < 0: it falls over training); "
+    "over the runs, an exact two-sided sign test of how many fall against how many rise; the "
+    "verdict *falls* or *rises* at p < 0.05, else *no consistent trend*"
+)
+
+
+def premise_sentence(task: str, runs: list[tuple[str, int, list[dict]]]) -> str:
+    """The premise's answer on one task, from its runs ``(optimizer, seed, records)``."""
+    from geoptim.analysis.curvature import TREND_MEASURES, run_trends, sign_test
+
+    trends = [(optimizer, run_trends(records)) for optimizer, _, records in runs]
+    tests = {name: sign_test([t[name] for _, t in trends]) for name in TREND_MEASURES}
+    falls, rises, p = tests["anisotropy"]
+    verdict = "shows no consistent trend over training"
+    if p < 0.05:
+        verdict = (
+            "falls over training, as the paper assumes"
+            if falls > rises
+            else "rises over training, against the premise"
+        )
+    per_optimizer = ", ".join(
+        f"{optimizer} {sum(t['anisotropy'] < 0 for o, t in trends if o == optimizer)}/"
+        f"{sum(o == optimizer for o, _ in trends)}"
+        for optimizer in dict.fromkeys(o for o, _ in trends)
+    )
+    others = "; ".join(
+        f"{label} falls in {falling} and rises in {rising} (p = {p_value:.2g})"
+        for (falling, rising, p_value), label in (
+            (tests["lambda_max"], "λmax"),
+            (tests["bulk"], "the bulk mean|λ|"),
+        )
+    )
+    first = np.mean([records[0]["negative_mass"] for _, _, records in runs])
+    last = np.mean([records[-1]["negative_mass"] for _, _, records in runs])
+    return (
+        f"**{task}: the anisotropy {verdict}.** λmax / mean|λ| falls over training in {falls} of "
+        f"{len(runs)} runs and rises in {rises} (falls: {per_optimizer}), sign test p = {p:.2g}; "
+        f"{others}; the negative mass goes from {first:.3f} to {last:.3f} (mean over runs, first "
+        "and last epoch measured)."
+    )
+
+
+def _premise_section(records: list[dict], out_dir: Path) -> str:
+    """Per task, the premise figure (:func:`geoptim.bench.plots.premise`) and sentence."""
+    parts = [
+        "### Does curvature anisotropy fall over training? (the cosine p schedule's premise)\n",
+        f"Full-batch Hessian of a fixed training subset at the epochs measured. Rule: "
+        f"{PREMISE_RULE}.\n",
+    ]
+    by_task: dict[str, list[tuple[str, int, list[dict]]]] = {}
+    for record in sorted(records, key=lambda r: (r["task_label"], r["label"], r["seed"])):
+        run = (record["label"], int(record["seed"]), record["result"]["records"])
+        by_task.setdefault(record["task_label"], []).append(run)
+    for task, runs in by_task.items():
+        config = next(r["result"]["config"] for r in records if r["task_label"] == task)
+        name = f"premise_{_slug(task)}.png"
+        title = (
+            f"{task}: Hessian over training ({config['mode']} mode, "
+            f"{config['hessian_samples']} examples, {config['slq_probes']} SLQ probes)"
+        )
+        parts.append(premise_sentence(task, runs) + "\n")
+        if plots.premise(runs, out_dir / name, title):
+            parts += [f"![{title}]({name})", ""]
+    return "\n".join(parts)
 
 
 def _analysis_section(records: list[dict], out_dir: Path) -> str:
@@ -370,10 +446,16 @@ def _analysis_section(records: list[dict], out_dir: Path) -> str:
     from geoptim.bench.experiments import curvature_title, tracing_title
 
     parts = ["## Curvature and training dynamics\n"]
+    curvature = [r for r in records if r["config"]["kind"] == "curvature"]
+    if curvature:
+        parts.append(_premise_section(curvature, out_dir))
+    runs_per_task: dict[str, int] = {}
+    for record in curvature:
+        runs_per_task[record["task_label"]] = runs_per_task.get(record["task_label"], 0) + 1
     for record in sorted(records, key=lambda r: (r["config"]["kind"], r["label"], r["seed"])):
         payload, kind = record["result"], record["config"]["kind"]
         name = f"{_slug(kind + ' ' + record['task_label'] + ' ' + record['label'])}.png"
-        if kind == "curvature":
+        if kind == "curvature" and runs_per_task[record["task_label"]] < PREMISE_MIN_RUNS:
             plot_curvature(
                 payload["records"], out_dir / name, title=curvature_title(payload["config"])
             )

@@ -92,10 +92,15 @@ def run_curvature(
     """The ``"curvature"`` kind: Hessian spectra over training
     (:func:`geoptim.bench.experiments.curvature_experiment`); ``budget`` gives ``epochs``,
     ``at`` (the epochs to measure) and optionally the estimators' sizes (``k``,
-    ``hessian_samples``, ``slq_probes``, ``slq_steps``, ``trace_samples``)."""
+    ``hessian_samples``, ``slq_probes``, ``slq_steps``, ``trace_samples``) and the ``mode``
+    the Hessian is taken in (``"train"`` or ``"eval"``)."""
     from geoptim.bench.experiments import curvature_experiment
 
-    sizes = {key: int(value) for key, value in spec.budget.items() if key in CURVATURE_SIZES}
+    sizes: dict[str, Any] = {
+        key: int(value) for key, value in spec.budget.items() if key in CURVATURE_SIZES
+    }
+    if "mode" in spec.budget:
+        sizes["mode"] = str(spec.budget["mode"])
     return curvature_experiment(
         None,
         task=spec.task,

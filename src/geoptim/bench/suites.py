@@ -22,7 +22,11 @@ so every comparison is a paired test over the seeds both arms ran.
   steps on the DDPM (2-D moons); AdamW vs SepNorm at MNIST-1D batch 400 and 800 with the lr
   scaled linearly (SepNorm's table 2); LPSGD vs plain SGD on digits (LPSGD's fig. 2). The
   quadratic's records also feed SepNorm's lower-bound checks. ``quick`` has none of these:
-  its 10-minute budget has no room left.
+  its 10-minute budget has no room left. And issue 15:
+  the premise of the cosine p schedule (the Hessian's anisotropy over training for SGDM and
+  LPSGDM, 3 seeds, on digits, MNIST-1D and the ViT; :func:`_premise`) and the adaptive-p
+  comparison (LPSGDM with :class:`geoptim.CurvaturePScheduler` and its shuffled control, 20
+  seeds on digits and MNIST-1D, beside the cosine and fixed-p arms; :func:`_adaptive_p`).
 * ``full``: the CPU experiments at larger scale (the transformer with 10 seeds, curvature and
   momentum tracing) and, on a GPU, one block per paper table (``Experiment.table``): the LPSGD
   paper's tables 1-3 (CIFAR-10/100 x VGG-11 / ResNet-18 / ResNet-50, ImageNet ResNet-50), its
@@ -232,6 +236,58 @@ def _new_tasks(seeds: int) -> tuple[Experiment, ...]:
 
 DDPM_BUDGET = {"steps": 1500, "eval_every": 750}
 
+
+PREMISE_SEEDS = 3
+PREMISE_SPECTRUM = {"mode": "eval", "k": 1, "slq_probes": 10, "slq_steps": 12, "trace_samples": 10}
+"""The premise's per-epoch measurement: full-batch eval-mode Hessian of a fixed training subset,
+lambda_max by Lanczos, the bulk by SLQ with 10 probes, the trace by Hutchinson (10 probes)."""
+PREMISE_BUDGETS: dict[str, dict[str, Any]] = {
+    "digits": {"at": (0, 6, 12, 18, 24, 30), "hessian_samples": 200},
+    "mnist1d": {"at": (0, 4, 8, 12, 16, 20), "hessian_samples": 256},
+    "vit": {"epochs": 20, "at": (0, 4, 8, 12, 16, 20), "hessian_samples": 128},
+}
+"""Where and on how many examples (the first of the training split) each task is measured; the
+ViT runs 20 of its 50 standard epochs (its Hessian-vector products cost ~0.1 s each)."""
+
+
+def _premise() -> tuple[Experiment, ...]:
+    """Issue 15's premise: does curvature anisotropy fall over training? SGDM and LPSGDM (their
+    presets), the Hessian spectrum at several epochs (~14 CPU-min for the three tasks)."""
+    return tuple(
+        Experiment(
+            "premise",
+            task,
+            ("sgdm", "lpsgdm"),
+            seeds=PREMISE_SEEDS,
+            kind="curvature",
+            budget={**PREMISE_SPECTRUM, **budget},
+        )
+        for task, budget in PREMISE_BUDGETS.items()
+    )
+
+
+ADAPTIVE_P: Variant = {
+    "p_schedule": "curvature",
+    "p_estimator": "gradient",
+    "p_interval": 10,
+    "p_smoothing": 0.5,
+}
+"""LPSGDM's p set by :class:`geoptim.CurvaturePScheduler` from the gradient-statistics proxy
+(every 10 steps, ~1-2% of a step), from the preset's p_max down to 2."""
+SHUFFLED_P: Variant = {**ADAPTIVE_P, "p_schedule": "shuffled"}
+"""The adaptive run's per-step p values of the same seed, replayed in shuffled blocks."""
+
+
+def _adaptive_p(task: str) -> tuple[Experiment, ...]:
+    """Issue 15's comparison: adaptive p and its shuffled control, beside the step-size
+    experiments' cosine, fixed p = 2 and fixed p = p_max arms of the same seeds."""
+    return (
+        Experiment(
+            "adaptive-p", task, ("lpsgdm",), seeds=STANDARD_SEEDS, variants=(ADAPTIVE_P, SHUFFLED_P)
+        ),
+    )
+
+
 QUICK_SEEDS = 10
 STANDARD_SEEDS = 20
 
@@ -346,6 +402,9 @@ SUITES: dict[str, tuple[Experiment, ...]] = {
             "quadratic", "quadratic", QUADRATIC, seeds=3, task_overrides={"problem": "weak"}
         ),
         *_new_tasks(NEW_TASK_SEEDS),
+        *_premise(),
+        *_adaptive_p("digits"),
+        *_adaptive_p("mnist1d"),
     ),
     "full": (
         Experiment("grokking", "grokking", (*GROKKING, "lpsgdm", "adamw_agr"), seeds=20),
@@ -615,9 +674,14 @@ def estimated_seconds(spec: RunSpec, task: Any) -> float:
     estimate = getattr(task, "estimated_seconds", None)
     seconds = estimate(spec.budget, spec.optimizer) if estimate is not None else 0.0
     if seconds:
-        return seconds
+        return seconds * (2.0 if _replays(spec) else 1.0)
     fallback = FALLBACK_SECONDS.get(spec.task_label, FALLBACK_SECONDS.get(spec.task, 10.0))
     return fallback * (2.0 if spec.optimizer == "sgdm_rms" else 1.0)
+
+
+def _replays(spec: RunSpec) -> bool:
+    """Whether the run first replays a paired run (the shuffled-p control)."""
+    return spec.hparams.get("p_schedule") == "shuffled"
 
 
 def plan_text(

@@ -15,7 +15,22 @@ Hyper-parameters (``hparams``):
 * ``p_max``: a :class:`geoptim.CosinePScheduler` (``p_max`` -> 2) over the ``T`` checkpoints after
   step 0 (``T`` = epochs for epoch budgets), stepped once per checkpoint; LPSGD/LPSGDM only;
 * ``p_schedule``: ``"cosine"`` (default, the schedule above) or ``"constant"`` (``p`` stays
-  ``p_max`` for the whole run: the fixed-p control arm; ``{"p_max": 2}`` is plain SGD-momentum);
+  ``p_max`` for the whole run: the fixed-p control arm; ``{"p_max": 2}`` is plain SGD-momentum),
+  or one of the two below;
+* ``p_schedule="curvature"``: a :class:`geoptim.CurvaturePScheduler` (``p_max`` -> 2, set from the
+  measured anisotropy), stepped after every optimizer step; ``p_estimator`` (``"gradient"``, the
+  default, or ``"hessian"``, whose closure is the loss of the step's batch, the model in training
+  mode), ``p_interval`` and ``p_smoothing`` are its ``estimator``, ``interval`` and
+  ``smoothing``. ``extra["p_steps"]`` is the p of every step, ``extra["estimator_s"]`` the
+  scheduler's time (inside ``time_s``) and ``extra["estimator_fraction"]`` its cost in training
+  steps per step, ``estimator_s / (time_s - estimator_s)``;
+* ``p_schedule="shuffled"`` (the control of the adaptive schedule): :func:`train` first replays
+  the paired ``"curvature"`` run (the same hyper-parameters otherwise, hence the same initial
+  weights and batches) and takes its per-step p values; they are cut into blocks of
+  ``p_interval`` steps (the adaptive p changes only between blocks) and the blocks replayed in
+  the order of a permutation seeded by the run's seed (:func:`shuffled_blocks`): the same
+  multiset of p values in an order unrelated to the curvature measured. It costs two runs (its
+  ``time_s`` counts its own steps only);
 * ``agr_moments`` (AGR optimizers): passed as the optimizer's ``moments`` keyword (``"both"``:
   every moment sees ``Psi(g)``, the official code; ``"first"``: the AGR paper's prose);
 * any other key is an optimizer keyword (``betas``, ``momentum``, ``agr_until``, ``p``, ...).
@@ -70,13 +85,26 @@ from torch import nn
 from geoptim import create_optimizer, param_groups
 from geoptim.bench.checkpoints import Checkpoint, CheckpointMismatch
 from geoptim.bench.models import count_params
+from geoptim.curvature_schedule import DEFAULT_INTERVAL
 
 if TYPE_CHECKING:
     from geoptim.bench.tasks.base import TrainableTask
 
-SCHEDULE_KEYS = ("lr", "weight_decay", "warmup_frac", "lr_schedule", "p_max", "p_schedule")
+SCHEDULE_KEYS = (
+    "lr",
+    "weight_decay",
+    "warmup_frac",
+    "lr_schedule",
+    "p_max",
+    "p_schedule",
+    "p_estimator",
+    "p_interval",
+    "p_smoothing",
+)
 LR_SCHEDULES = ("cosine", "constant")
-P_SCHEDULES = ("cosine", "constant")
+P_SCHEDULES = ("cosine", "constant", "curvature", "shuffled")
+PER_STEP_P = ("curvature", "shuffled")
+"""The p schedules stepped after every optimizer step (the others once per checkpoint)."""
 BENCH_OPTIMIZERS = ("sgdm_rms",)
 """Optimizers that exist only in the benchmark (built here, not by ``geoptim.create_optimizer``)."""
 AGR_PROBES = 8
@@ -89,6 +117,7 @@ class OptimizerSetup:
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LambdaLR
     p_scheduler: Any | None
+    p_every_step: bool = False
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -124,17 +153,23 @@ def setup_optimizer(
     p_intervals: int,
     default_schedule: str = "cosine",
     rms_schedule: Sequence[Sequence[float]] | None = None,
+    p_replay: Sequence[float] | None = None,
+    seed: int = 0,
 ) -> OptimizerSetup:
     """Build the optimizer ``name`` from ``hparams`` with its schedulers (see module doc);
     ``rms_schedule`` is the per-step per-tensor update RMS an ``"sgdm_rms"`` optimizer follows
-    (its hparams are checked by building the LPSGDM optimizer its paired run uses)."""
-    from geoptim import CosinePScheduler
+    (its hparams are checked by building the LPSGDM optimizer its paired run uses);
+    ``p_replay`` the per-step p of a ``"shuffled"`` schedule; ``seed`` seeds the Hessian
+    estimator's probes of a ``"curvature"`` schedule."""
+    from geoptim import CosinePScheduler, CurvaturePScheduler
 
     if "lr" not in hparams:
         raise ValueError(f"hparams need 'lr'; got {sorted(hparams)}")
     p_schedule = hparams.get("p_schedule", "cosine")
     if p_schedule not in P_SCHEDULES:
         raise ValueError(f"unknown p_schedule {p_schedule!r}; known: {', '.join(P_SCHEDULES)}")
+    if p_schedule in PER_STEP_P and hparams.get("p_max") is None:
+        raise ValueError(f"p_schedule {p_schedule!r} needs p_max (LPSGD/LPSGDM)")
     lr, weight_decay = float(hparams["lr"]), float(hparams.get("weight_decay", 0.0))
     kwargs = {k: v for k, v in hparams.items() if k not in SCHEDULE_KEYS}
     if isinstance(kwargs.get("betas"), list):
@@ -171,10 +206,57 @@ def setup_optimizer(
         hparams.get("lr_schedule", default_schedule),
     )
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    p_scheduler = None
-    if p_max is not None:
+    p_scheduler: Any = None
+    if p_max is not None and p_schedule == "curvature":
+        p_scheduler = CurvaturePScheduler(
+            optimizer,
+            float(p_max),
+            estimator=hparams.get("p_estimator", "gradient"),
+            interval=hparams.get("p_interval"),
+            smoothing=float(hparams.get("p_smoothing", 0.0)),
+            seed=seed,
+        )
+    elif p_max is not None and p_schedule == "shuffled":
+        p_scheduler = ReplayPScheduler(optimizer, p_replay or [float(p_max)])
+    elif p_max is not None:
         p_scheduler = CosinePScheduler(optimizer, float(p_max), T_max=max(p_intervals, 1))
-    return OptimizerSetup(optimizer, lr_scheduler, p_scheduler)
+    per_step = p_scheduler is not None and p_schedule in PER_STEP_P
+    return OptimizerSetup(optimizer, lr_scheduler, p_scheduler, per_step)
+
+
+class ReplayPScheduler:
+    """Sets every param group's ``p`` to ``values[t]`` for optimizer step ``t`` (counting from 0;
+    :meth:`step` after each step); past the end the last value stays."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, values: Sequence[float]) -> None:
+        if not values:
+            raise ValueError("a replayed p schedule needs at least one value")
+        self.optimizer, self.values, self.last_epoch = optimizer, list(values), 0
+        self._apply()
+
+    def _apply(self) -> None:
+        p = self.values[min(self.last_epoch, len(self.values) - 1)]
+        for group in self.optimizer.param_groups:
+            group["p"] = float(p)
+
+    def step(self) -> None:
+        self.last_epoch += 1
+        self._apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last_epoch = int(state["last_epoch"])
+        self._apply()
+
+
+def shuffled_blocks(values: Sequence[float], block: int, seed: int) -> list[float]:
+    """``values`` cut into consecutive blocks of ``block`` (the last may be shorter), the blocks
+    in the order of ``torch.randperm`` seeded with ``seed``: a permutation of ``values``."""
+    blocks = [list(values[start : start + block]) for start in range(0, len(values), block)]
+    order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))
+    return [value for index in order.tolist() for value in blocks[index]]
 
 
 class RMSMatchedSGDM(torch.optim.Optimizer):
@@ -305,6 +387,14 @@ def agr_probe_steps(optimizer: torch.optim.Optimizer, total: int) -> set[int]:
     return {1 + (k * active) // AGR_PROBES for k in range(AGR_PROBES)} if active > 0 else set()
 
 
+def step_p_scheduler(p_scheduler: Any, closure: Callable[[], torch.Tensor]) -> None:
+    """Step a per-step p scheduler; the Hessian estimator gets ``closure`` (the batch's loss)."""
+    if getattr(p_scheduler, "estimator", None) == "hessian":
+        p_scheduler.step(closure)
+    else:
+        p_scheduler.step()
+
+
 def budget_steps(budget: dict[str, Any], steps_per_epoch: int) -> tuple[int, int]:
     """``(total_steps, eval_every)`` of a budget, given the batches per epoch."""
     if "epochs" in budget and "steps" in budget:
@@ -390,10 +480,17 @@ def train(
     training goes (:mod:`geoptim.bench.checkpoints`; an ``sgdm_rms`` run keeps the schedule its
     paired LPSGDM run measured beside it, :func:`paired_rms_schedule`).
     """
-    rms_schedule = None
+    rms_schedule = p_replay = None
     paired_diverged = False
     if optimizer_name == "sgdm_rms":
         rms_schedule, paired_diverged = paired_rms_schedule(task, hparams, seed, budget, checkpoint)
+    if hparams.get("p_schedule") == "shuffled":
+        adaptive_hparams = {**hparams, "p_schedule": "curvature"}
+        adaptive = train(task, optimizer_name, adaptive_hparams, seed, budget)
+        estimator = hparams.get("p_estimator", "gradient")
+        interval = int(hparams.get("p_interval") or DEFAULT_INTERVAL[estimator])
+        p_replay = shuffled_blocks(adaptive["extra"]["p_steps"], interval, seed)
+        paired_diverged = adaptive["extra"]["diverged"]
     torch.manual_seed(seed)
     device = task.torch_device()
     data = task.make_data(seed)
@@ -405,16 +502,25 @@ def train(
     if budget.get("batches_per_epoch"):
         steps_per_epoch = min(steps_per_epoch, int(budget["batches_per_epoch"]))
     total, eval_every = budget_steps(budget, steps_per_epoch)
-    if rms_schedule is not None:
-        total = min(total, len(rms_schedule))  # a diverged LPSGDM run ends the control early
+    for replayed in (rms_schedule, p_replay):
+        if replayed is not None:
+            total = min(total, len(replayed))  # a diverged paired run ends the control early
     setup = setup_optimizer(
-        model, optimizer_name, hparams, total, -(-total // eval_every), rms_schedule=rms_schedule
+        model,
+        optimizer_name,
+        hparams,
+        total,
+        -(-total // eval_every),
+        rms_schedule=rms_schedule,
+        p_replay=p_replay,
+        seed=seed,
     )
     optimizer = setup.optimizer
     probes = agr_probe_steps(optimizer, total)
     agr_changes: list[float] = []
     curves = Curves()
-    train_time = 0.0
+    train_time = estimator_time = 0.0
+    p_steps: list[float] = []
     step, epoch, skip, diverged = 0, 0, 0, False
     try:
         resumed = checkpoint.restore(model, setup) if checkpoint is not None else None
@@ -423,7 +529,8 @@ def train(
     if resumed is not None:
         step, epoch, skip = resumed["step"], resumed["epoch"], resumed["batch"]
         curves.data, train_time = resumed["curves"], resumed["train_time"]
-        agr_changes = resumed["agr_changes"]
+        agr_changes, p_steps = resumed["agr_changes"], resumed["p_steps"]
+        estimator_time = resumed["estimator_time"]
 
     def evaluate(step: int) -> None:
         epoch = step / steps_per_epoch
@@ -452,6 +559,8 @@ def train(
                 break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if setup.p_every_step:
+                p_steps.append(float(setup.current_p()))
             if step + 1 in probes:
                 agr_changes.append(step_measuring_agr(optimizer))
             else:
@@ -459,7 +568,11 @@ def train(
             setup.lr_scheduler.step()
             step += 1
             due = step % eval_every == 0 or step == total
-            if due and setup.p_scheduler is not None:
+            if setup.p_every_step:
+                tick = time.perf_counter()
+                step_p_scheduler(setup.p_scheduler, lambda x=x, y=y: task.loss_fn(model(x), y))
+                estimator_time += time.perf_counter() - tick
+            elif due and setup.p_scheduler is not None:
                 setup.p_scheduler.step()
             train_time += time.perf_counter() - start
             call_hooks(callbacks, "on_step", step, model, optimizer, loss_value)
@@ -475,6 +588,7 @@ def train(
                 next_epoch, next_batch = divmod(epoch * steps_per_epoch + i + 1, steps_per_epoch)
                 loop = {"step": step, "epoch": next_epoch, "batch": next_batch}
                 loop.update(train_time=train_time, curves=curves.data, agr_changes=agr_changes)
+                loop.update(p_steps=p_steps, estimator_time=estimator_time)
                 checkpoint.save(model, setup, loop)
             start = time.perf_counter()
         epoch, skip = epoch + 1, 0
@@ -490,4 +604,10 @@ def train(
     task.__dict__["_data_hash"] = extra["data_hash"]  # task.data_hash() need not rebuild the data
     if agr_changes:
         extra["agr_relative_change"] = statistics.median(agr_changes)
+    if setup.p_every_step:
+        extra["p_steps"] = p_steps
+    if hparams.get("p_schedule") == "curvature":
+        extra["estimator_s"] = round(estimator_time, 6)
+        own = train_time - estimator_time
+        extra["estimator_fraction"] = estimator_time / own if own > 0 else math.nan
     return {"curves": curves.data, "final": final, "steps": step, "extra": extra}
