@@ -13,8 +13,7 @@ so every comparison is a paired test over the seeds both arms ran.
   and AGR's variants on digits, the p_max = 14 arm, the grokking MLP, the 2-D quadratics.
 * ``standard`` (<= 60 min on 2 cores): 20 seeds for the same comparisons, AdamW / Lion /
   SepNorm beside them, the p_max sweep, the grokking MLP's weight-decay sweep (the
-  same ``lr * wd`` values for every optimizer) and the canonical one-layer transformer (one seed
-  per optimizer: a 3000-step run costs ~14 CPU-min, so its rows are descriptive), and the
+  same ``lr * wd`` values for every optimizer), and the
   analogs of the papers' other experiments (:func:`_new_tasks`, ~19 CPU-min by the tasks'
   estimates, 10 paired seeds per arm): AdamW, AdamW-AGR, Lion and SepNorm on the character
   language model (ALBERT / T5) with AdamW's weight-decay sweep at 5 seeds, and on the tiny ViT
@@ -390,13 +389,6 @@ SUITES: dict[str, tuple[Experiment, ...]] = {
         ),
         Experiment("grokking", "grokking", GROKKING, seeds=STANDARD_SEEDS),
         Experiment("grokking-wd", "grokking", GROKKING, seeds=10, lr_wd=GROKKING_LR_WD),
-        Experiment(
-            "grokking",
-            "grokking",
-            GROKKING,
-            seeds=1,  # ~14 CPU-min per run at the standard budget (3000 steps)
-            task_overrides={"model": "transformer"},
-        ),
         Experiment("quadratic", "quadratic", QUADRATIC, seeds=3),
         Experiment(
             "quadratic", "quadratic", QUADRATIC, seeds=3, task_overrides={"problem": "weak"}
