@@ -26,7 +26,14 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from geoptim._stats import dtensor_type, layouts_of, local, parameter_labels, sharded
+from geoptim._stats import (
+    dtensor_type,
+    layouts_of,
+    local,
+    parameter_labels,
+    sharded,
+    tracing_whole_tensors,
+)
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -48,12 +55,13 @@ def eager(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` opaque to ``torch.compile`` (the graph breaks around it and it runs eagerly: the C
     kernels and the sharded sums), without importing ``torch._dynamo`` into eager programs:
     ``torch.compiler.disable`` at import time would add about two seconds to ``import geoptim``
-    and load sympy."""
+    and load sympy. Inside :func:`geoptim._stats.whole_tensors` (:mod:`geoptim._gpu`'s
+    compiled references) ``fn`` is traced like any other function."""
     disabled = torch._disable_dynamo(fn)
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() and not tracing_whole_tensors():
             return disabled(*args, **kwargs)
         return fn(*args, **kwargs)
 
