@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -201,46 +202,75 @@ class GeoOptimizer(Optimizer):
         raise NotImplementedError
 
     # -- shared
-    def _collect(
-        self, group: dict[str, Any]
-    ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
-        """The group's parameters that have a gradient, their gradients and their states.
+    def _plan(self, group: dict[str, Any]) -> GroupPlan:
+        """The group's :class:`GroupPlan`, kept between steps while its key holds: the same
+        ``state`` dict, the same parameters, the same ones with a gradient (rebuilt every step
+        for sharded or complex parameters, whose local views are made per step)."""
+        params = group["params"]
+        key = (tuple(map(id, params)), tuple(p.grad is not None for p in params))
+        plans = self.__dict__.setdefault("_plans", {})
+        plan = plans.get(id(group))
+        if plan is None or plan.key != key or plan.state is not self.state:
+            plan = plans[id(group)] = self._build_plan(group, key)
+        return plan
 
-        For DTensor parameters (FSDP2), state is created like the parameter (so distributed
+    def _build_plan(self, group: dict[str, Any], key: tuple[Any, ...]) -> GroupPlan:
+        """Create missing state and list the group's parameters that have a gradient (for
+        DTensor parameters, FSDP2: their local shards), their states and step counters.
+
+        For DTensor parameters, state is created like the parameter (so distributed
         checkpointing sees DTensors), and the lists hold this rank's local shards: the kernels
         update them in place, and :mod:`geoptim._stats` reduces their statistics across ranks.
         """
         dtensor = dtensor_type()
-        params, grads, states, steps = [], [], [], []
+        plan = GroupPlan(key, self.state, layouts_of(group["params"]))
         for param in group["params"]:
-            grad = param.grad
-            if grad is None:
+            if param.grad is None:
                 continue
-            if grad.is_sparse:
-                raise RuntimeError(
-                    f"{type(self).__name__} does not support sparse gradients; "
-                    "use torch.optim.SparseAdam or dense gradients"
-                )
             state = self.state[param]
             if not state:
                 state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
                 self._init_state(param, state, group)
-            steps.append(state["step"])
+            plan.steps.append(state["step"])
+            plan.owners.append(param)
             if dtensor is not None and isinstance(param, dtensor):
-                param, grad, state = param.to_local(), grad.to_local(), local_state(state)
+                param, state = param.to_local(), local_state(state)
+                plan.kept = False
             if param.is_complex():
-                param, grad, state = as_real(param), as_real(grad), as_real_state(state)
-            params.append(param)
-            grads.append(-grad if group["maximize"] else grad)
-            states.append(state)
-        if steps:  # one vectorised update of every step counter
-            torch._foreach_add_(steps, 1.0)
-        return params, grads, states
+                param, state = as_real(param), as_real_state(state)
+                plan.kept = False
+            plan.params.append(param)
+            plan.states.append(state)
+        if not plan.kept:  # rebuilt next step
+            plan.key = ()
+        return plan
+
+    def _collect(
+        self, group: dict[str, Any]
+    ) -> tuple[GroupPlan, list[Tensor], list[Tensor], list[dict[str, Any]]]:
+        """The group's plan, its parameters that have a gradient, their gradients (negated
+        under ``maximize``) and their states; every step counter advanced by one (one
+        vectorised op for the group)."""
+        plan = self._plan(group)
+        if plan.kept:  # plain real tensors
+            grads = [p.grad for p in plan.owners]
+        else:
+            grads = [as_real(local(p.grad)) for p in plan.owners]
+        if any(g.is_sparse for g in grads):
+            raise RuntimeError(
+                f"{type(self).__name__} does not support sparse gradients; "
+                "use torch.optim.SparseAdam or dense gradients"
+            )
+        if group["maximize"]:
+            grads = torch._foreach_neg(grads) if grads else grads
+        if plan.steps:
+            torch._foreach_add_(plan.steps, 1.0)
+        return plan, plan.params, grads, plan.states
 
     def _step_groups(self, **update_kwargs: Any) -> None:
         for index, group in enumerate(self.param_groups):
-            params, grads, states = self._collect(group)
-            layouts = layouts_of(group["params"])
+            plan, params, grads, states = self._collect(group)
+            layouts = plan.layouts
             present = labels = None
             if any(layouts):
                 # Sharded tensors take the multi-tensor path: every rank must reduce the same
@@ -268,6 +298,24 @@ class GeoOptimizer(Optimizer):
                 loss = closure()
         self._step_groups()
         return loss
+
+
+@dataclass(eq=False)
+class GroupPlan:
+    """What a param group's step works on, kept between steps (:meth:`GeoOptimizer._plan`):
+    ``key`` (the parameters and which have a gradient), the optimizer ``state`` it was built
+    from, the parameters' ``layouts``, and for the parameters with a gradient: the parameters
+    themselves (``owners``), the tensors the kernels update (``params``: local shards, real
+    views), their ``states`` and ``step`` counters. ``kept``: whether it may be reused."""
+
+    key: tuple[Any, ...]
+    state: Any
+    layouts: list[Any]
+    owners: list[Tensor] = field(default_factory=list)
+    params: list[Tensor] = field(default_factory=list)
+    states: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[Tensor] = field(default_factory=list)
+    kept: bool = True
 
 
 def local_state(state: dict[str, Any]) -> dict[str, Any]:
