@@ -59,10 +59,15 @@ def _compiled_and_reference(name, dtype=torch.float64, steps=range(1, 9)):
     return results
 
 
-def _assert_equal(results, rtol, atol):
+def _assert_equal(results, rtol, atol, scalar_atol=None):
+    """Parameters and state equal; with ``scalar_atol``, one-element parameters only within
+    that absolute bound."""
     (ref_params, ref_state), (params, state) = results
     for p, p_ref in zip(params, ref_params):
-        torch.testing.assert_close(p, p_ref, rtol=rtol, atol=atol)
+        if scalar_atol is not None and p.numel() == 1:
+            torch.testing.assert_close(p, p_ref, rtol=0, atol=scalar_atol)
+        else:
+            torch.testing.assert_close(p, p_ref, rtol=rtol, atol=atol)
     for index, ref in ref_state.items():
         for key, value in ref.items():
             torch.testing.assert_close(state[index][key], value, rtol=rtol, atol=atol)
@@ -82,10 +87,13 @@ def test_compiled_reference_equals_reference_float64(name, compiled_on_cpu):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_inductor_compiled_reference_equals_reference_float64(name, compiled_on_cpu):
     """Inductor's generated code reassociates sums and contracts multiply-adds: within
-    ``rtol=1e-12`` after 8 steps in float64 all the same."""
+    ``rtol=1e-12`` after 8 steps in float64 all the same. Except OrtSepNorm's one-element
+    tensors (per-tensor grouping): their projected update ``u - (wu/ww) w`` is rounding noise,
+    normalised to magnitude 1, so only its size is bounded: ``lr`` per step, 8 steps."""
     results = _compiled_and_reference(name)
-    assert compiled_on_cpu or name.startswith("adamw_agr_until")
-    _assert_equal(results, rtol=1e-12, atol=1e-14)
+    assert compiled_on_cpu
+    scalar_atol = 8 * 2 * 0.01 if name == "ortsepnorm_tensor" else None
+    _assert_equal(results, rtol=1e-12, atol=1e-14, scalar_atol=scalar_atol)
 
 
 @pytest.mark.slow
