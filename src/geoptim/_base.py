@@ -204,10 +204,12 @@ class GeoOptimizer(Optimizer):
     # -- shared
     def _plan(self, group: dict[str, Any]) -> GroupPlan:
         """The group's :class:`GroupPlan`, kept between steps while its key holds: the same
-        ``state`` dict, the same parameters, the same ones with a gradient (rebuilt every step
-        for sharded or complex parameters, whose local views are made per step)."""
+        ``state`` dict holding as many entries, the same parameters, the same ones with a
+        gradient (rebuilt every step for sharded or complex parameters, whose local views are
+        made per step)."""
         params = group["params"]
-        key = (tuple(map(id, params)), tuple(p.grad is not None for p in params))
+        presence = tuple(p.grad is not None for p in params)
+        key = (tuple(map(id, params)), presence, len(self.state))
         plans = self.__dict__.setdefault("_plans", {})
         plan = plans.get(id(group))
         if plan is None or plan.key != key or plan.state is not self.state:
@@ -216,7 +218,7 @@ class GeoOptimizer(Optimizer):
 
     def _build_plan(self, group: dict[str, Any], key: tuple[Any, ...]) -> GroupPlan:
         """Create missing state and list the group's parameters that have a gradient (for
-        DTensor parameters, FSDP2: their local shards), their states and step counters.
+        DTensor parameters, FSDP2: their local shards) and their states.
 
         For DTensor parameters, state is created like the parameter (so distributed
         checkpointing sees DTensors), and the lists hold this rank's local shards: the kernels
@@ -231,7 +233,6 @@ class GeoOptimizer(Optimizer):
             if not state:
                 state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
                 self._init_state(param, state, group)
-            plan.steps.append(state["step"])
             plan.owners.append(param)
             if dtensor is not None and isinstance(param, dtensor):
                 param, state = param.to_local(), local_state(state)
@@ -263,8 +264,8 @@ class GeoOptimizer(Optimizer):
             )
         if group["maximize"]:
             grads = torch._foreach_neg(grads) if grads else grads
-        if plan.steps:
-            torch._foreach_add_(plan.steps, 1.0)
+        if plan.states:  # read each step: a user may replace a state's tensors
+            torch._foreach_add_([s["step"] for s in plan.states], 1.0)
         return plan, plan.params, grads, plan.states
 
     def _step_groups(self, **update_kwargs: Any) -> None:
@@ -306,7 +307,7 @@ class GroupPlan:
     ``key`` (the parameters and which have a gradient), the optimizer ``state`` it was built
     from, the parameters' ``layouts``, and for the parameters with a gradient: the parameters
     themselves (``owners``), the tensors the kernels update (``params``: local shards, real
-    views), their ``states`` and ``step`` counters. ``kept``: whether it may be reused."""
+    views) and their ``states``. ``kept``: whether it may be reused."""
 
     key: tuple[Any, ...]
     state: Any
@@ -314,7 +315,6 @@ class GroupPlan:
     owners: list[Tensor] = field(default_factory=list)
     params: list[Tensor] = field(default_factory=list)
     states: list[dict[str, Any]] = field(default_factory=list)
-    steps: list[Tensor] = field(default_factory=list)
     kept: bool = True
 
 

@@ -167,3 +167,32 @@ def test_cpu_tensors_keep_the_c_kernels(monkeypatch):
     params = make_params(torch.float32)
     run_steps(geoptim.Lion(params, lr=0.01), params, range(1, 3))
     assert not calls
+
+
+# ---------------------------------------------------------------- the per-group plans
+
+
+def test_group_plan_is_kept_and_rebuilt_when_its_key_changes():
+    """The plan (parameters with a gradient, their states) is reused between steps and rebuilt
+    when the gradients present, the state dict (load_state_dict) or its size change; every
+    variant still equals the reference run."""
+    params = make_params(torch.float64)
+    opt = geoptim.Lion(params, lr=0.01, weight_decay=0.1)
+    reference = make_params(torch.float64)
+    ref_opt = geoptim.Lion(reference, lr=0.01, weight_decay=0.1, foreach=False)
+    plans = []
+    for k in range(1, 9):
+        if k == 7:  # a resumed run: new state dict objects
+            opt.load_state_dict(opt.state_dict())
+        if k == 8:  # a user resets the optimizer's state
+            opt.state.clear()
+            ref_opt.state.clear()
+        run_steps(opt, params, range(k, k + 1))
+        run_steps(ref_opt, reference, range(k, k + 1))
+        plans.append(opt._plans[id(opt.param_groups[0])])
+    assert plans[2] is not plans[1] and plans[3] is not plans[2]  # a gradient None at step 3
+    assert plans[4] is plans[3] and plans[5] is plans[4]  # kept
+    assert plans[6] is not plans[5] and plans[7] is not plans[6]
+    for p, p_ref in zip(params, reference):
+        torch.testing.assert_close(p, p_ref, rtol=1e-12, atol=1e-14)
+    assert opt.state_dict()["state"][0]["step"] == 1  # counted from the reset
