@@ -212,7 +212,7 @@ class GeoOptimizer(Optimizer):
         key = (tuple(map(id, params)), presence, len(self.state))
         plans = self.__dict__.setdefault("_plans", {})
         plan = plans.get(id(group))
-        if plan is None or plan.key != key or plan.state is not self.state:
+        if plan is None or plan.key != key or plan.state is not self.state or not plan.counting():
             plan = plans[id(group)] = self._build_plan(group, key)
         return plan
 
@@ -242,7 +242,9 @@ class GeoOptimizer(Optimizer):
                 plan.kept = False
             plan.params.append(param)
             plan.states.append(state)
-        if not plan.kept:  # rebuilt next step
+        if plan.kept:
+            plan.pack_step_counters()
+        else:  # rebuilt next step
             plan.key = ()
         return plan
 
@@ -264,7 +266,9 @@ class GeoOptimizer(Optimizer):
             )
         if group["maximize"]:
             grads = torch._foreach_neg(grads) if grads else grads
-        if plan.states:  # read each step: a user may replace a state's tensors
+        if plan.counter is not None:
+            plan.counter.add_(1.0)
+        elif plan.states:
             torch._foreach_add_([s["step"] for s in plan.states], 1.0)
         return plan, plan.params, grads, plan.states
 
@@ -307,7 +311,9 @@ class GroupPlan:
     ``key`` (the parameters and which have a gradient), the optimizer ``state`` it was built
     from, the parameters' ``layouts``, and for the parameters with a gradient: the parameters
     themselves (``owners``), the tensors the kernels update (``params``: local shards, real
-    views) and their ``states``. ``kept``: whether it may be reused."""
+    views) and their ``states``. ``kept``: whether it may be reused; ``counter``: for a kept
+    plan, one tensor whose elements are the ``step`` counters (each ``state["step"]`` a
+    0-dimensional view of it), advanced by one op per step."""
 
     key: tuple[Any, ...]
     state: Any
@@ -316,6 +322,26 @@ class GroupPlan:
     params: list[Tensor] = field(default_factory=list)
     states: list[dict[str, Any]] = field(default_factory=list)
     kept: bool = True
+    counter: Tensor | None = None
+
+    def pack_step_counters(self) -> None:
+        """Make every ``state["step"]`` a view of one :attr:`counter` (same values and dtype),
+        when they share a dtype and device."""
+        steps = [s["step"] for s in self.states]
+        if not steps or any(t.dim() or t.dtype != steps[0].dtype for t in steps):
+            return
+        if any(t.device != steps[0].device for t in steps):
+            return
+        self.counter = torch.stack(steps)
+        for index, state in enumerate(self.states):
+            state["step"] = self.counter[index]
+
+    def counting(self) -> bool:
+        """Whether the step counters are still the views of :attr:`counter` (a user may have
+        replaced one)."""
+        if self.counter is None:
+            return True
+        return all(s["step"]._base is self.counter for s in self.states)
 
 
 def local_state(state: dict[str, Any]) -> dict[str, Any]:

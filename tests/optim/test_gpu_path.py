@@ -196,3 +196,17 @@ def test_group_plan_is_kept_and_rebuilt_when_its_key_changes():
     for p, p_ref in zip(params, reference):
         torch.testing.assert_close(p, p_ref, rtol=1e-12, atol=1e-14)
     assert opt.state_dict()["state"][0]["step"] == 1  # counted from the reset
+
+
+def test_step_counters_are_one_tensor_and_a_replaced_one_still_counts():
+    params = make_params(torch.float64)
+    opt = geoptim.Lion(params, lr=0.01)
+    run_steps(opt, params, range(1, 3))
+    plan = opt._plans[id(opt.param_groups[0])]
+    assert plan.counter is not None and plan.counter.tolist() == [2.0] * len(params)
+    assert all(opt.state[p]["step"]._base is plan.counter for p in params)
+    opt.state[params[1]]["step"] = torch.tensor(100.0)  # e.g. a hand-edited resume
+    run_steps(opt, params, range(4, 5))
+    expected = [3.0] * len(params)
+    expected[1] = 101.0
+    assert [float(opt.state[p]["step"]) for p in params] == expected
