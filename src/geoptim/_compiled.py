@@ -327,7 +327,7 @@ def fusable(tensors: Sequence[Tensor | None]) -> bool:
     if not first.is_cpu or first.numel() < MIN_NUMEL:
         return False
     dtype, strides = first.dtype, first.stride()
-    for t in tensors:
+    for t in tensors[1:]:
         if t is not None and (
             type(t) not in _PLAIN or t.dtype != dtype or t.stride() != strides or not t.is_cpu
         ):
