@@ -39,7 +39,7 @@ from geoptim._base import (
 )
 from geoptim._stats import (
     accumulation_dtype,
-    layout_of,
+    layouts_of,
     like,
     local,
     local_sums,
@@ -94,11 +94,13 @@ def agr_multi(
     rows = list(range(len(grads)))
     fused_rows, rest = ([], rows) if fused is False else _compiled.split_fusable(grads)
     pick = _compiled.pick
-    partial = torch.zeros(len(grads), dtype=torch.float64)
-    if fused_rows:
-        sums = _compiled.launch_by_dtype("abs_sums", [pick(grads, fused_rows)], reduces=True)
-        partial[fused_rows] = sums[:, 0]
-    if rest:
+    if not rest:  # every gradient fused: the kernel's sums are the partial sums
+        partial = _compiled.launch_by_dtype("abs_sums", [grads], reduces=True)[:, 0]
+    else:
+        partial = torch.zeros(len(grads), dtype=torch.float64)
+        if fused_rows:
+            sums = _compiled.launch_by_dtype("abs_sums", [pick(grads, fused_rows)], reduces=True)
+            partial[fused_rows] = sums[:, 0]
         partial[rest] = local_sums("abs", pick(grads, rest), None).to(partial)
     totals = reduce_partial_sums(grads, partial).to(accumulation_dtype(grads))
     totals = totals.clamp_min(torch.finfo(totals.dtype).tiny).neg_()
@@ -185,7 +187,7 @@ def with_agr(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
                 if not agr_active(group) or group.get("moments", "both") == "first":
                     continue
                 params = [p for p in group["params"] if p.grad is not None]
-                layouts = [layout_of(p) for p in group["params"]]
+                layouts = layouts_of(group["params"])
                 # Nothing to transform here (e.g. a ZeroRedundancyOptimizer rank's share of the
                 # group) and, unless sharded and trainable, nothing to reduce with other ranks.
                 trainable = any(p.requires_grad for p in group["params"])
