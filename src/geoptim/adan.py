@@ -49,7 +49,10 @@ def step_sizes(
 ) -> Tensor:
     """``-lr * scale / (1 - beta**t)`` per tensor, in float64 (a tensor ``lr`` or ``steps``
     stays a tensor: a compiled step does not recompile when it changes)."""
-    corrections = 1.0 - beta ** torch.as_tensor(steps, dtype=torch.float64)
+    if isinstance(steps, Tensor):
+        corrections = 1.0 - beta ** steps.to(torch.float64)
+    else:
+        corrections = torch.tensor([1.0 - beta**s for s in steps], dtype=torch.float64)
     if isinstance(lr, Tensor):
         lr = lr.to(torch.float64)
     return lr * -scale / corrections
