@@ -320,7 +320,7 @@ class Adan(GeoOptimizer):
         if _gpu.applies(mode, params):
             # the step counts change every step: one float64 tensor, so no recompilation
             on_device = _gpu.as_scalar_tensor(steps, params[0].device)
-            _gpu.run(adan_single, eager_kernel, params, grads, *columns, on_device,
-                     varying=("lr",), **kwargs)  # fmt: skip
+            args = (params, grads, *columns, on_device)
+            _gpu.run(adan_single, eager_kernel, *args, varying=("lr",), **kwargs)
         else:
             eager_kernel()
