@@ -96,10 +96,10 @@ _WHOLE_TENSORS = False
 
 @contextmanager
 def whole_tensors() -> Iterator[None]:
-    """Within this block every tensor passed here is a plain tensor, whole on this rank (no
-    declaration, no DTensor): the statistics are plain torch ops, which ``torch.compile`` traces
-    (:mod:`geoptim._gpu` compiles the references inside one; :func:`geoptim._base.eager`
-    functions are then traced too)."""
+    """Within this block, code that ``torch.compile`` traces passes only plain tensors, whole on
+    this rank (no declaration, no DTensor): the statistics are plain torch ops, traced into the
+    graph (:mod:`geoptim._gpu` compiles the references inside one; :func:`geoptim._base.eager`
+    functions are then traced too). Eager code, in this thread or another, is unaffected."""
     global _WHOLE_TENSORS
     previous, _WHOLE_TENSORS = _WHOLE_TENSORS, True
     try:
@@ -192,7 +192,7 @@ def _declaration_for(tensors: Sequence[Tensor]) -> Declaration | None:
     """How ``tensors`` sit in their parameters, or ``None`` when every tensor is whole on this
     rank: the declared :func:`sharded` block, else (DTensors passed outside one) their own
     layouts, every tensor present. The lists must match the declaration."""
-    if _WHOLE_TENSORS:
+    if _WHOLE_TENSORS and torch.compiler.is_compiling():  # eager code elsewhere: unaffected
         return None
     declaration = _DECLARED.get()
     if declaration is None:
