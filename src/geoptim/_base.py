@@ -20,13 +20,21 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from geoptim._stats import dtensor_type, layouts_of, local, parameter_labels, sharded
+from geoptim._stats import (
+    dtensor_type,
+    layouts_of,
+    local,
+    parameter_labels,
+    sharded,
+    tracing_whole_tensors,
+)
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -48,12 +56,13 @@ def eager(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` opaque to ``torch.compile`` (the graph breaks around it and it runs eagerly: the C
     kernels and the sharded sums), without importing ``torch._dynamo`` into eager programs:
     ``torch.compiler.disable`` at import time would add about two seconds to ``import geoptim``
-    and load sympy."""
+    and load sympy. Inside :func:`geoptim._stats.whole_tensors` (:mod:`geoptim._gpu`'s
+    compiled references) ``fn`` is traced like any other function."""
     disabled = torch._disable_dynamo(fn)
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() and not tracing_whole_tensors():
             return disabled(*args, **kwargs)
         return fn(*args, **kwargs)
 
@@ -193,46 +202,80 @@ class GeoOptimizer(Optimizer):
         raise NotImplementedError
 
     # -- shared
-    def _collect(
-        self, group: dict[str, Any]
-    ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
-        """The group's parameters that have a gradient, their gradients and their states.
+    def _plan(self, group: dict[str, Any]) -> GroupPlan:
+        """The group's :class:`GroupPlan`, kept between steps while its key holds: the same
+        ``state`` dict holding as many entries, the same parameters, the same ones with a
+        gradient (rebuilt every step for sharded or complex parameters, whose local views are
+        made per step)."""
+        params = group["params"]
+        presence = tuple(p.grad is not None for p in params)
+        key = (tuple(map(id, params)), presence, len(self.state))
+        plans = self.__dict__.setdefault("_plans", {})
+        plan = plans.get(id(group))
+        if plan is None or plan.key != key or plan.state is not self.state or not plan.counting():
+            plan = plans[id(group)] = self._build_plan(group, key)
+        return plan
 
-        For DTensor parameters (FSDP2), state is created like the parameter (so distributed
+    def _build_plan(self, group: dict[str, Any], key: tuple[Any, ...]) -> GroupPlan:
+        """Create missing state and list the group's parameters that have a gradient (for
+        DTensor parameters, FSDP2: their local shards) and their states.
+
+        For DTensor parameters, state is created like the parameter (so distributed
         checkpointing sees DTensors), and the lists hold this rank's local shards: the kernels
         update them in place, and :mod:`geoptim._stats` reduces their statistics across ranks.
         """
         dtensor = dtensor_type()
-        params, grads, states, steps = [], [], [], []
+        plan = GroupPlan(key, self.state, layouts_of(group["params"]))
         for param in group["params"]:
-            grad = param.grad
-            if grad is None:
+            if param.grad is None:
                 continue
-            if grad.is_sparse:
-                raise RuntimeError(
-                    f"{type(self).__name__} does not support sparse gradients; "
-                    "use torch.optim.SparseAdam or dense gradients"
-                )
             state = self.state[param]
             if not state:
                 state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
                 self._init_state(param, state, group)
-            steps.append(state["step"])
+            plan.owners.append(param)
             if dtensor is not None and isinstance(param, dtensor):
-                param, grad, state = param.to_local(), grad.to_local(), local_state(state)
+                param, state = param.to_local(), local_state(state)
+                plan.kept = False
             if param.is_complex():
-                param, grad, state = as_real(param), as_real(grad), as_real_state(state)
-            params.append(param)
-            grads.append(-grad if group["maximize"] else grad)
-            states.append(state)
-        if steps:  # one vectorised update of every step counter
-            torch._foreach_add_(steps, 1.0)
-        return params, grads, states
+                param, state = as_real(param), as_real_state(state)
+                plan.kept = False
+            plan.params.append(param)
+            plan.states.append(state)
+        if plan.kept:
+            plan.pack_step_counters()
+        else:  # rebuilt next step
+            plan.key = ()
+        return plan
+
+    def _collect(
+        self, group: dict[str, Any]
+    ) -> tuple[GroupPlan, list[Tensor], list[Tensor], list[dict[str, Any]]]:
+        """The group's plan, its parameters that have a gradient, their gradients (negated
+        under ``maximize``) and their states; every step counter advanced by one (one
+        vectorised op for the group)."""
+        plan = self._plan(group)
+        if plan.kept:  # plain real tensors
+            grads = [p.grad for p in plan.owners]
+        else:
+            grads = [as_real(local(p.grad)) for p in plan.owners]
+        if any(g.is_sparse for g in grads):
+            raise RuntimeError(
+                f"{type(self).__name__} does not support sparse gradients; "
+                "use torch.optim.SparseAdam or dense gradients"
+            )
+        if group["maximize"]:
+            grads = torch._foreach_neg(grads) if grads else grads
+        if plan.counter is not None:
+            plan.counter.add_(1.0)
+        elif plan.states:
+            torch._foreach_add_([s["step"] for s in plan.states], 1.0)
+        return plan, plan.params, grads, plan.states
 
     def _step_groups(self, **update_kwargs: Any) -> None:
         for index, group in enumerate(self.param_groups):
-            params, grads, states = self._collect(group)
-            layouts = layouts_of(group["params"])
+            plan, params, grads, states = self._collect(group)
+            layouts = plan.layouts
             present = labels = None
             if any(layouts):
                 # Sharded tensors take the multi-tensor path: every rank must reduce the same
@@ -260,6 +303,45 @@ class GeoOptimizer(Optimizer):
                 loss = closure()
         self._step_groups()
         return loss
+
+
+@dataclass(eq=False)
+class GroupPlan:
+    """What a param group's step works on, kept between steps (:meth:`GeoOptimizer._plan`):
+    ``key`` (the parameters and which have a gradient), the optimizer ``state`` it was built
+    from, the parameters' ``layouts``, and for the parameters with a gradient: the parameters
+    themselves (``owners``), the tensors the kernels update (``params``: local shards, real
+    views) and their ``states``. ``kept``: whether it may be reused; ``counter``: for a kept
+    plan, one tensor whose elements are the ``step`` counters (each ``state["step"]`` a
+    0-dimensional view of it), advanced by one op per step."""
+
+    key: tuple[Any, ...]
+    state: Any
+    layouts: list[Any]
+    owners: list[Tensor] = field(default_factory=list)
+    params: list[Tensor] = field(default_factory=list)
+    states: list[dict[str, Any]] = field(default_factory=list)
+    kept: bool = True
+    counter: Tensor | None = None
+
+    def pack_step_counters(self) -> None:
+        """Make every ``state["step"]`` a view of one :attr:`counter` (same values and dtype),
+        when they share a dtype and device."""
+        steps = [s["step"] for s in self.states]
+        if not steps or any(t.dim() or t.dtype != steps[0].dtype for t in steps):
+            return
+        if any(t.device != steps[0].device for t in steps):
+            return
+        self.counter = torch.stack(steps)
+        for index, state in enumerate(self.states):
+            state["step"] = self.counter[index]
+
+    def counting(self) -> bool:
+        """Whether the step counters are still the views of :attr:`counter` (a user may have
+        replaced one)."""
+        if self.counter is None:
+            return True
+        return all(s["step"]._base is self.counter for s in self.states)
 
 
 def local_state(state: dict[str, Any]) -> dict[str, Any]:

@@ -327,7 +327,7 @@ def fusable(tensors: Sequence[Tensor | None]) -> bool:
     if not first.is_cpu or first.numel() < MIN_NUMEL:
         return False
     dtype, strides = first.dtype, first.stride()
-    for t in tensors:
+    for t in tensors[1:]:
         if t is not None and (
             type(t) not in _PLAIN or t.dtype != dtype or t.stride() != strides or not t.is_cpu
         ):
@@ -379,20 +379,26 @@ _workspaces: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 def workspace(owner: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
     """Uninitialised tensors shaped and strided like the dense tensors ``like`` (one dtype),
-    views of a buffer kept for ``owner`` between calls and freed with it.
+    views of a buffer kept for ``owner`` between calls and freed with it (the views themselves
+    are kept too, and returned again while ``like`` keeps its shapes and strides).
 
     A fresh parameter-sized tensor each step costs more than the step itself on CPU (the
     allocator hands the pages back and every step faults them in again), so a kernel that must
     hand out a result (AGR's transformed gradient) keeps it, keyed by a tensor of its state.
     """
+    layout = (like[0].dtype, *((t.shape, t.stride()) for t in like))
+    kept = _workspaces.get(owner)
+    if kept is not None and kept[0] == layout:  # the same views as last time
+        return kept[2]
     numel = sum(t.numel() for t in like)
-    buffer = _workspaces.get(owner)
+    buffer = None if kept is None else kept[1]
     if buffer is None or buffer.numel() < numel or buffer.dtype != like[0].dtype:
-        buffer = _workspaces[owner] = torch.empty(numel, dtype=like[0].dtype)
+        buffer = torch.empty(numel, dtype=like[0].dtype)
     views, offset = [], 0
     for t in like:
         views.append(buffer.as_strided(t.shape, t.stride(), offset))
         offset += t.numel()
+    _workspaces[owner] = (layout, buffer, views)
     return views
 
 

@@ -89,6 +89,29 @@ class GradientPresenceError(RuntimeError):
 
 _DECLARED: ContextVar[Declaration | None] = ContextVar("geoptim_declared", default=None)
 
+#: Set by :func:`whole_tensors`: a module global (not a context variable) so that
+#: ``torch.compile`` can trace the statistics, guarding on its value.
+_WHOLE_TENSORS = False
+
+
+@contextmanager
+def whole_tensors() -> Iterator[None]:
+    """Within this block, code that ``torch.compile`` traces passes only plain tensors, whole on
+    this rank (no declaration, no DTensor): the statistics are plain torch ops, traced into the
+    graph (:mod:`geoptim._gpu` compiles the references inside one; :func:`geoptim._base.eager`
+    functions are then traced too). Eager code, in this thread or another, is unaffected."""
+    global _WHOLE_TENSORS
+    previous, _WHOLE_TENSORS = _WHOLE_TENSORS, True
+    try:
+        yield
+    finally:
+        _WHOLE_TENSORS = previous
+
+
+def tracing_whole_tensors() -> bool:
+    """Whether :func:`whole_tensors` is in effect."""
+    return _WHOLE_TENSORS
+
 
 def dtensor_type() -> type | None:
     """``torch.distributed.tensor.DTensor`` if that module is loaded, else ``None``.
@@ -169,6 +192,8 @@ def _declaration_for(tensors: Sequence[Tensor]) -> Declaration | None:
     """How ``tensors`` sit in their parameters, or ``None`` when every tensor is whole on this
     rank: the declared :func:`sharded` block, else (DTensors passed outside one) their own
     layouts, every tensor present. The lists must match the declaration."""
+    if _WHOLE_TENSORS and torch.compiler.is_compiling():  # eager code elsewhere: unaffected
+        return None
     declaration = _DECLARED.get()
     if declaration is None:
         dtensor = dtensor_type()

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from geoptim import _compiled
+from geoptim import _compiled, _gpu
 from geoptim._base import (
     GeoOptimizer,
     ParamsT,
@@ -40,11 +40,19 @@ from geoptim._stats import layout_of, parameter_labels, per_tensor_sums, sharded
 
 __all__ = ["Adan", "adan_fused", "adan_multi", "adan_single", "step_sizes"]
 
+#: The state tensors of every parameter, in the kernels' argument order.
+ADAN_STATE = ("exp_avg", "exp_avg_diff", "exp_avg_sq", "prev_grad")
 
-def step_sizes(lr: float | Tensor, beta: float, steps: list[float], scale: float = 1.0) -> Tensor:
-    """``-lr * scale / (1 - beta**t)`` per tensor, in float64 (a tensor ``lr`` stays a tensor:
-    a compiled step does not recompile when it changes)."""
-    corrections = torch.tensor([1.0 - beta**s for s in steps], dtype=torch.float64)
+
+def step_sizes(
+    lr: float | Tensor, beta: float, steps: list[float] | Tensor, scale: float = 1.0
+) -> Tensor:
+    """``-lr * scale / (1 - beta**t)`` per tensor, in float64 (a tensor ``lr`` or ``steps``
+    stays a tensor: a compiled step does not recompile when it changes)."""
+    if isinstance(steps, Tensor):
+        corrections = 1.0 - beta ** steps.to(torch.float64)
+    else:
+        corrections = torch.tensor([1.0 - beta**s for s in steps], dtype=torch.float64)
     if isinstance(lr, Tensor):
         lr = lr.to(torch.float64)
     return lr * -scale / corrections
@@ -249,7 +257,7 @@ class Adan(GeoOptimizer):
         )
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        for key in ("exp_avg", "exp_avg_diff", "exp_avg_sq", "prev_grad"):
+        for key in ADAN_STATE:
             state[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
     def clip_coefficient(self) -> Tensor | float:
@@ -301,21 +309,18 @@ class Adan(GeoOptimizer):
         if first_moment_grads is not None:  # no fused kernel for two gradients
             kernel = adan_single if mode == "single" else adan_multi
             extra = {"first_moment_grads": first_moment_grads}
-        kernel(
-            params,
-            grads,
-            [s["exp_avg"] for s in states],
-            [s["exp_avg_diff"] for s in states],
-            [s["exp_avg_sq"] for s in states],
-            [s["prev_grad"] for s in states],
-            steps,
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            beta3=beta3,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            no_prox=group["no_prox"],
-            clip=clip,
-            **extra,
-        )
+        columns = [[s[key] for s in states] for key in ADAN_STATE]
+        kwargs = {"lr": group["lr"], "beta1": beta1, "beta2": beta2, "beta3": beta3}
+        kwargs |= {"eps": group["eps"], "weight_decay": group["weight_decay"]}
+        kwargs |= {"no_prox": group["no_prox"], "clip": clip, **extra}
+
+        def eager_kernel() -> None:
+            kernel(params, grads, *columns, steps, **kwargs)
+
+        if _gpu.applies(mode, params):
+            # the step counts change every step: one float64 tensor, so no recompilation
+            on_device = _gpu.as_scalar_tensor(steps, params[0].device)
+            args = (params, grads, *columns, on_device)
+            _gpu.run(adan_single, eager_kernel, *args, varying=("lr",), **kwargs)
+        else:
+            eager_kernel()

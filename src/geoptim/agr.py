@@ -21,14 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from geoptim import _compiled
+from geoptim import _compiled, _gpu
 from geoptim._base import (
     as_real,
     as_real_state,
@@ -39,7 +39,7 @@ from geoptim._base import (
 )
 from geoptim._stats import (
     accumulation_dtype,
-    layout_of,
+    layouts_of,
     like,
     local,
     local_sums,
@@ -50,7 +50,15 @@ from geoptim._stats import (
 )
 from geoptim.adan import Adan
 
-__all__ = ["AdamWAGR", "AdanAGR", "adamw_two_gradients", "agr", "agr_multi", "with_agr"]
+__all__ = [
+    "AdamWAGR",
+    "AdanAGR",
+    "adamw_two_gradients",
+    "agr",
+    "agr_each",
+    "agr_multi",
+    "with_agr",
+]
 
 
 def agr(grad: Tensor) -> Tensor:
@@ -61,6 +69,11 @@ def agr(grad: Tensor) -> Tensor:
     total = per_tensor_sums("abs", [g])[0]
     total = total.clamp_min(torch.finfo(total.dtype).tiny)
     return g.abs().div_(-total).add_(1.0).mul_(g).to(grad.dtype)
+
+
+def agr_each(grads: list[Tensor]) -> list[Tensor]:
+    """:func:`agr` of each gradient (what :mod:`geoptim._gpu` compiles for CUDA gradients)."""
+    return [agr(g) for g in grads]
 
 
 @eager  # opaque to torch.compile: the C kernel and the sums run eagerly
@@ -81,11 +94,13 @@ def agr_multi(
     rows = list(range(len(grads)))
     fused_rows, rest = ([], rows) if fused is False else _compiled.split_fusable(grads)
     pick = _compiled.pick
-    partial = torch.zeros(len(grads), dtype=torch.float64)
-    if fused_rows:
-        sums = _compiled.launch_by_dtype("abs_sums", [pick(grads, fused_rows)], reduces=True)
-        partial[fused_rows] = sums[:, 0]
-    if rest:
+    if not rest:  # every gradient fused: the kernel's sums are the partial sums
+        partial = _compiled.launch_by_dtype("abs_sums", [grads], reduces=True)[:, 0]
+    else:
+        partial = torch.zeros(len(grads), dtype=torch.float64)
+        if fused_rows:
+            sums = _compiled.launch_by_dtype("abs_sums", [pick(grads, fused_rows)], reduces=True)
+            partial[fused_rows] = sums[:, 0]
         partial[rest] = local_sums("abs", pick(grads, rest), None).to(partial)
     totals = reduce_partial_sums(grads, partial).to(accumulation_dtype(grads))
     totals = totals.clamp_min(torch.finfo(totals.dtype).tiny).neg_()
@@ -172,7 +187,7 @@ def with_agr(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
                 if not agr_active(group) or group.get("moments", "both") == "first":
                     continue
                 params = [p for p in group["params"] if p.grad is not None]
-                layouts = [layout_of(p) for p in group["params"]]
+                layouts = layouts_of(group["params"])
                 # Nothing to transform here (e.g. a ZeroRedundancyOptimizer rank's share of the
                 # group) and, unless sharded and trainable, nothing to reduce with other ranks.
                 trainable = any(p.requires_grad for p in group["params"])
@@ -183,8 +198,12 @@ def with_agr(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
                     raise RuntimeError("AGR does not support sparse gradients")
                 shards = [as_real(local(g)) for g in grads]
                 single_tensor = group.get("foreach") is False and not group.get("fused")
+                owner = params[0] if params else None
                 if single_tensor and not any(layouts):
-                    transformed = [agr(shard) for shard in shards]
+                    transformed = agr_each(shards)
+                elif not any(layouts) and _gpu.applies("fused", shards):
+                    eager_kernel = partial(agr_multi, shards, owner=owner)
+                    transformed = _gpu.run(agr_each, eager_kernel, shards)
                 else:
                     # Sharded gradients: one reduction for the whole group, which every rank
                     # takes part in whatever its gradients (:func:`geoptim._stats.sharded`).
@@ -196,9 +215,7 @@ def with_agr(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
                     )
                     fused = False if single_tensor else None
                     with sharded(layouts, present, labels):
-                        transformed = agr_multi(
-                            shards, fused=fused, owner=params[0] if params else None
-                        )
+                        transformed = agr_multi(shards, fused=fused, owner=owner)
                 for param, grad, psi in zip(params, grads, transformed):
                     originals.append((param, grad))
                     param.grad = like(grad, as_complex_like(grad, psi))

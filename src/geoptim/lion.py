@@ -40,7 +40,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from geoptim import _compiled
+from geoptim import _compiled, _gpu
 from geoptim._base import (
     GeoOptimizer,
     ParamsT,
@@ -342,18 +342,22 @@ class _InterpolatedMomentum(GeoOptimizer):
         beta1, beta2 = self._betas(group)
         mode = _compiled.kernel_mode(group)
         kernel = {"fused": sepnorm_fused, "multi": sepnorm_multi, "single": sepnorm_single}[mode]
-        kernel(
-            params,
-            grads,
-            [s["exp_avg"] for s in states],
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            weight_decay=group["weight_decay"],
-            eps=group.get("eps", 0.0),
-            direction=self._direction(group),
-            orthogonal=self._orthogonal,
-        )
+        args = (params, grads, [s["exp_avg"] for s in states])
+        kwargs = {
+            "lr": group["lr"],
+            "beta1": beta1,
+            "beta2": beta2,
+            "weight_decay": group["weight_decay"],
+            "eps": group.get("eps", 0.0),
+            "direction": self._direction(group),
+            "orthogonal": self._orthogonal,
+        }
+        if _gpu.applies(mode, params):
+            _gpu.run(
+                sepnorm_single, lambda: kernel(*args, **kwargs), *args, varying=("lr",), **kwargs
+            )
+        else:
+            kernel(*args, **kwargs)
 
 
 def _defaults(lr: float, betas: Sequence[float], weight_decay: float, **extra: Any) -> dict:

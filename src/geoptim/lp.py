@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from geoptim import _compiled
+from geoptim import _compiled, _gpu
 from geoptim._base import (
     GeoOptimizer,
     ParamsT,
@@ -61,8 +61,11 @@ def check_p(name: str, value: float) -> float:
     return float(value)
 
 
-def lp_exponent(p: float) -> float:
-    """``rho(p) = (p - 2) / (p - 1)``: 0 at ``p = 2``, 1 at ``p = inf``."""
+def lp_exponent(p: float | Tensor) -> float | Tensor:
+    """``rho(p) = (p - 2) / (p - 1)``: 0 at ``p = 2``, 1 at ``p = inf`` (a tensor ``p``, finite,
+    gives a tensor)."""
+    if isinstance(p, Tensor):
+        return (p - 2.0) / (p - 1.0)
     return 1.0 if math.isinf(p) else (p - 2.0) / (p - 1.0)
 
 
@@ -71,11 +74,11 @@ def lpsgdm_single(
     grads: list[Tensor],
     momentum_buffers: list[Tensor] | None,
     *,
-    lr: float,
+    lr: float | Tensor,
     momentum: float,
     dampening: float,
     weight_decay: float,
-    p: float,
+    p: float | Tensor,
     eps: float,
 ) -> None:
     """Reference kernel, one tensor at a time. ``momentum_buffers=None``: no momentum (LPSGD)."""
@@ -92,7 +95,7 @@ def lpsgdm_single(
             write_back([buffer], [u])
         if weight_decay != 0:
             w.mul_(1.0 - lr * weight_decay)
-        if rho == 0:
+        if not isinstance(rho, Tensor) and rho == 0:
             w.add_(u, alpha=-lr)
         else:
             w.add_(u.abs().add_(eps).pow_(-rho).mul_(u), alpha=-lr)
@@ -240,17 +243,22 @@ class LPSGDM(GeoOptimizer):
         dampening = momentum if group["dampening"] is None else group["dampening"]
         mode = _compiled.kernel_mode(group)
         kernel = {"fused": lpsgdm_fused, "multi": lpsgdm_multi, "single": lpsgdm_single}[mode]
-        kernel(
+        args = (
             params,
             grads,
             [s["momentum_buffer"] for s in states] if self._has_momentum else None,
-            lr=group["lr"],
-            momentum=momentum,
-            dampening=dampening,
-            weight_decay=group["weight_decay"],
-            p=check_p("group['p']", group["p"]),
-            eps=group["eps"],
         )
+        p = check_p("group['p']", group["p"])
+        kwargs = {"lr": group["lr"], "momentum": momentum, "dampening": dampening}
+        kwargs |= {"weight_decay": group["weight_decay"], "p": p, "eps": group["eps"]}
+        if _gpu.applies(mode, params):
+            # p = 2 (plain SGD) and p = inf (sign) are other graphs; any other p is a tensor
+            varying = ("lr", "p") if 2 < p < math.inf else ("lr",)
+            _gpu.run(
+                lpsgdm_single, lambda: kernel(*args, **kwargs), *args, varying=varying, **kwargs
+            )
+        else:
+            kernel(*args, **kwargs)
 
 
 class LPSGD(LPSGDM):
