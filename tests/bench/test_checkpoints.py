@@ -177,6 +177,7 @@ from geoptim.bench.records import RunSpec
 
 spec = RunSpec(**json.loads(sys.argv[1]))
 out, weights, delay = sys.argv[2], sys.argv[3], float(sys.argv[4])
+torch.set_num_threads(int(sys.argv[5]))  # the reference's: conv results depend on the count
 plain_train = training.train
 
 class Watch:
@@ -212,8 +213,13 @@ def test_a_run_sigkilled_during_an_epoch_resumes_and_ends_bit_identical(tmp_path
     src = Path(__file__).resolve().parents[2] / "src"
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     command = [sys.executable, "-c", WORKER, json.dumps(spec.to_dict()), str(out), str(weights)]
+    threads = str(torch.get_num_threads())
     killed = subprocess.Popen(
-        [*command, "0.2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*command, "0.2", threads],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     steps_seen = []
     for line in killed.stdout:  # step 2 ends epoch 1 and its checkpoint is saved before step 3
@@ -228,7 +234,7 @@ def test_a_run_sigkilled_during_an_epoch_resumes_and_ends_bit_identical(tmp_path
     assert not records.record_path(out, spec.run_id).exists()
 
     resumed = subprocess.run(
-        [*command, "0"], env=env, capture_output=True, text=True, timeout=120, check=True
+        [*command, "0", threads], env=env, capture_output=True, text=True, timeout=120, check=True
     )
     lines = resumed.stdout.split()
     assert lines[0] == "3", "the resumed run goes on from the end of epoch 1"
