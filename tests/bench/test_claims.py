@@ -434,3 +434,11 @@ def test_sign_gd_run_on_the_quadratic_respects_its_bound():
     (row,) = claims.bound_rows(group([rec]))
     # lemma 5.2 on diag(1, 0.5): late L^max >= 0.03^2 * 1.5 / 8, and a run can sit on it
     assert row.verdict == REPRODUCED and row.effect >= 0
+
+
+def test_effect_notes_name_each_claim_once_though_it_is_tested_on_two_metrics():
+    lines = claims.effect_notes().splitlines()
+    diffusion = [line for line in lines if line.startswith("- AGR improves Adan (diffusion)")]
+    assert len(diffusion) == 1 and diffusion[0].count("AGR improves Adan (diffusion)") == 1
+    names = {claim.name for claim in (*claims.CLAIMS, *claims.BOUND_CLAIMS)}
+    assert all(any(name in line for line in lines) for name in names)

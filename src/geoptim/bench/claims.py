@@ -1037,7 +1037,7 @@ def markdown(rows: Sequence[ClaimRow]) -> str:
 def effect_notes(claims: Iterable[Claim | BoundClaim] = (*CLAIMS, *BOUND_CLAIMS)) -> str:
     """Where each claim's paper effect comes from, as a list (claims sharing a source
     together)."""
-    by_note: dict[str, list[str]] = {}
+    by_note: dict[str, dict[str, None]] = {}  # names in order, each once (a claim per metric)
     for claim in claims:
-        by_note.setdefault(claim.effect_note, []).append(claim.name)
+        by_note.setdefault(claim.effect_note, {})[claim.name] = None
     return "\n".join(f"- {'; '.join(names)}: {note}." for note, names in by_note.items())
