@@ -97,19 +97,31 @@ def test_resuming_at_every_epoch_boundary_is_exact(optimizer, tmp_path):
         assert_same_run(*run(optimizer, Checkpoint(path, "key")), reference)
 
 
-def test_a_resumed_sgdm_rms_run_does_not_replay_its_paired_lpsgdm_run(tmp_path, monkeypatch):
-    reference = run("sgdm_rms", None)
-    stopping = StopAfter(tmp_path / "rms.pt", "key")
+@pytest.mark.parametrize(
+    ("control", "paired_optimizer", "paired_schedule"),
+    [("sgdm_rms", "lpsgdm", None), ("lpsgdm:shuffled", "lpsgdm", "curvature")],
+)
+def test_a_resumed_control_does_not_train_its_paired_run_again(
+    control, paired_optimizer, paired_schedule, tmp_path, monkeypatch
+):
+    """``sgdm_rms`` replays its LPSGDM run's update RMS, the shuffled p control its adaptive
+    run's p: both keep what they replay beside the checkpoint."""
+    reference = run(control, None)
+    stopping = StopAfter(tmp_path / "control.pt", "key")
     stopping.stop_at = reference[0]["steps"] // EPOCHS
     with pytest.raises(Stop):
-        run("sgdm_rms", stopping)
+        run(control, stopping)
 
-    def no_replay() -> None:
-        raise AssertionError("the paired LPSGDM run was replayed")
+    plain_train = training.train
 
-    monkeypatch.setattr(training, "UpdateRMSRecorder", no_replay)
-    checkpoint = Checkpoint(tmp_path / "rms.pt", "key")
-    assert_same_run(*run("sgdm_rms", checkpoint), reference)
+    def no_paired_run(task, optimizer, hparams, *args, **kwargs):
+        if optimizer == paired_optimizer and hparams.get("p_schedule") == paired_schedule:
+            raise AssertionError("the paired run was trained again")
+        return plain_train(task, optimizer, hparams, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train", no_paired_run)
+    checkpoint = Checkpoint(tmp_path / "control.pt", "key")
+    assert_same_run(*run(control, checkpoint), reference)
     checkpoint.discard()
     assert not list(tmp_path.iterdir())  # the checkpoint and its part
 

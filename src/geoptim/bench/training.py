@@ -436,6 +436,21 @@ def call_hooks(callbacks: Sequence[Any], method: str, *args: Any) -> None:
             hook(*args)
 
 
+def paired_run(
+    checkpoint: Checkpoint | None, part: str, measure: Callable[[], tuple[list[Any], bool]]
+) -> tuple[list[Any], bool]:
+    """What a control replays from its paired run (``measure()``: the values and whether that
+    run diverged), measured once per run: kept beside the run's checkpoint as part ``part``, so
+    a resumed control does not train its paired run again."""
+    paired = checkpoint.load_part(part) if checkpoint is not None else None
+    if paired is None:
+        values, diverged = measure()
+        paired = {"values": torch.tensor(values, dtype=torch.float64), "diverged": diverged}
+        if checkpoint is not None:
+            checkpoint.save_part(part, paired)
+    return paired["values"].tolist(), bool(paired["diverged"])
+
+
 def paired_rms_schedule(
     task: TrainableTask,
     hparams: dict[str, Any],
@@ -444,17 +459,37 @@ def paired_rms_schedule(
     checkpoint: Checkpoint | None,
 ) -> tuple[list[list[float]], bool]:
     """The update-RMS schedule an ``sgdm_rms`` run follows (:class:`UpdateRMSRecorder` over its
-    paired LPSGDM run) and whether that run diverged; measured once per run: kept beside the
-    run's checkpoint, so a resumed run does not replay LPSGDM again."""
-    paired = checkpoint.load_part("paired_lpsgdm") if checkpoint is not None else None
-    if paired is None:
+    paired LPSGDM run) and whether that run diverged (:func:`paired_run`)."""
+
+    def measure() -> tuple[list[list[float]], bool]:
         recorder = UpdateRMSRecorder()
         result = train(task, "lpsgdm", hparams, seed, budget, callbacks=[recorder])
-        schedule = torch.tensor(recorder.schedule, dtype=torch.float64)
-        paired = {"schedule": schedule, "diverged": bool(result["extra"]["diverged"])}
-        if checkpoint is not None:
-            checkpoint.save_part("paired_lpsgdm", paired)
-    return paired["schedule"].tolist(), paired["diverged"]
+        return recorder.schedule, bool(result["extra"]["diverged"])
+
+    return paired_run(checkpoint, "paired_lpsgdm", measure)
+
+
+def shuffled_p_schedule(
+    task: TrainableTask,
+    optimizer_name: str,
+    hparams: dict[str, Any],
+    seed: int,
+    budget: dict[str, Any],
+    checkpoint: Checkpoint | None,
+) -> tuple[list[float], bool]:
+    """The per-step p a ``p_schedule="shuffled"`` run replays: its paired adaptive run's (the
+    same hparams with ``"curvature"``) in blocks of ``p_interval`` shuffled by ``seed``
+    (:func:`shuffled_blocks`), and whether that run diverged (:func:`paired_run`)."""
+
+    def measure() -> tuple[list[float], bool]:
+        adaptive_hparams = {**hparams, "p_schedule": "curvature"}
+        adaptive = train(task, optimizer_name, adaptive_hparams, seed, budget)
+        return adaptive["extra"]["p_steps"], bool(adaptive["extra"]["diverged"])
+
+    p_steps, diverged = paired_run(checkpoint, "paired_adaptive", measure)
+    estimator = hparams.get("p_estimator", "gradient")
+    interval = int(hparams.get("p_interval") or DEFAULT_INTERVAL[estimator])
+    return shuffled_blocks(p_steps, interval, seed), diverged
 
 
 def train(
@@ -485,12 +520,9 @@ def train(
     if optimizer_name == "sgdm_rms":
         rms_schedule, paired_diverged = paired_rms_schedule(task, hparams, seed, budget, checkpoint)
     if hparams.get("p_schedule") == "shuffled":
-        adaptive_hparams = {**hparams, "p_schedule": "curvature"}
-        adaptive = train(task, optimizer_name, adaptive_hparams, seed, budget)
-        estimator = hparams.get("p_estimator", "gradient")
-        interval = int(hparams.get("p_interval") or DEFAULT_INTERVAL[estimator])
-        p_replay = shuffled_blocks(adaptive["extra"]["p_steps"], interval, seed)
-        paired_diverged = adaptive["extra"]["diverged"]
+        p_replay, paired_diverged = shuffled_p_schedule(
+            task, optimizer_name, hparams, seed, budget, checkpoint
+        )
     torch.manual_seed(seed)
     device = task.torch_device()
     data = task.make_data(seed)
