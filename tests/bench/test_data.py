@@ -147,10 +147,10 @@ def test_cifar_loader(tmp_path: Path, name: str) -> None:
 def test_cifar_root_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_fake_cifar(tmp_path)
     monkeypatch.setenv("GEOPTIM_DATA", str(tmp_path))
-    assert data.cifar_root() == tmp_path
+    assert data.data_root() == tmp_path
     assert len(data.load_cifar("cifar10")[0][1]) == 20
     monkeypatch.delenv("GEOPTIM_DATA")
-    assert data.cifar_root() == Path("~/data").expanduser()
+    assert data.data_root() == Path("~/data").expanduser()
 
 
 def test_cifar_missing_folder(tmp_path: Path) -> None:

@@ -327,7 +327,7 @@ CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 
 CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
 
 
-def cifar_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
+def data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """``data_dir`` if given, else ``$GEOPTIM_DATA``, else ``~/data``."""
     return Path(data_dir or os.environ.get("GEOPTIM_DATA") or "~/data").expanduser()
 
@@ -340,7 +340,7 @@ def load_cifar(name: str, data_dir: str | os.PathLike[str] | None = None) -> tup
     if name not in CIFAR_LAYOUT:
         raise ValueError(f"unknown CIFAR dataset {name!r}; known: {', '.join(CIFAR_LAYOUT)}")
     sub, train_files, test_files, label_key, num_classes = CIFAR_LAYOUT[name]
-    folder = cifar_root(data_dir) / sub
+    folder = data_root(data_dir) / sub
     expected = ", ".join(train_files + test_files)
     hint = (
         f"expected the python-pickle {name} folder {folder} holding {expected} "

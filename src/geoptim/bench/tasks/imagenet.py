@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from geoptim.bench.data import FolderData, ImageTransform, cifar_root, write_image_folder
+from geoptim.bench.data import FolderData, ImageTransform, data_root, write_image_folder
 from geoptim.bench.models import ACTIVATIONS, CIFAR_MODELS, IMAGENET_MODELS, imagenet_model, vgg11
 from geoptim.bench.tasks.base import option
 from geoptim.bench.tasks.cifar import GPUTask
@@ -61,7 +61,7 @@ class ImageNetTask(GPUTask):
         return imagenet_model(self.model, self.NUM_CLASSES, self.activation)
 
     def folder(self) -> Path:
-        return Path(self.data_dir).expanduser() if self.data_dir else cifar_root() / self.FOLDER
+        return Path(self.data_dir).expanduser() if self.data_dir else data_root() / self.FOLDER
 
     def make_data(self, seed: int) -> FolderData:
         return FolderData(
