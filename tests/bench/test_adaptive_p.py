@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from geoptim.analysis.curvature import measure, run_trends, sign_test, spearman
+from geoptim.analysis.curvature import measure
 from geoptim.bench import claims
-from geoptim.bench.report import premise_sentence
+from geoptim.bench.report import premise_sentence, run_trends
 from geoptim.bench.results import group
+from geoptim.bench.stats import sign_test, spearman
 from geoptim.bench.suites import ADAPTIVE_P, SHUFFLED_P
 from geoptim.bench.training import ReplayPScheduler, shuffled_blocks, train
 from tests.bench.test_training import ToyTask

@@ -11,9 +11,8 @@ At each chosen epoch :class:`CurvatureRecorder` builds one
   ``lambda_min`` (the smallest SLQ node) and ``negative_mass`` (the SLQ weight of nodes below
   ``-0.01 lambda_max``: the share of clearly negative curvature).
 
-:func:`run_trends` tests the premise of the cosine p schedule on one run's records: the Spearman
-correlation against the epoch of the anisotropy, ``lambda_max`` and the bulk ``mean |lambda|``;
-:func:`sign_test` pools the runs (how many fall, how many rise, an exact two-sided p-value).
+:func:`measure` reads one of :data:`TREND_MEASURES` off a record: the benchmark's report tests
+the premise of the cosine p schedule with them (:func:`geoptim.bench.report.run_trends`).
 
 The Hessian is taken in training mode by default (``mode="train"``: BatchNorm normalises with the
 batch's own statistics, the loss the optimizer sees) or in eval mode (``mode="eval"``: running
@@ -23,7 +22,6 @@ written.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -150,7 +148,7 @@ class CurvatureRecorder:
 # The premise of the cosine p schedule: does the anisotropy fall over training?
 
 TREND_MEASURES = ("anisotropy", "lambda_max", "bulk")
-"""What :func:`run_trends` follows: ``lambda_max / mean|lambda|``, the top eigenvalue and the
+"""What the premise test follows: ``lambda_max / mean|lambda|``, the top eigenvalue and the
 bulk scale ``mean|lambda|`` (the SLQ quadrature ``sum_j w_j |theta_j|``)."""
 
 
@@ -163,52 +161,3 @@ def measure(entry: dict[str, Any], name: str) -> float:
     if name == "bulk":
         return float(sum(w * abs(t) for w, t in zip(entry["weights"], entry["nodes"], strict=True)))
     raise ValueError(f"unknown measure {name!r}; known: {', '.join(TREND_MEASURES)}")
-
-
-def _ranks(values: list[float]) -> list[float]:
-    """Ranks from 1, ties given their average rank."""
-    order = sorted(range(len(values)), key=values.__getitem__)
-    ranks = [0.0] * len(values)
-    start = 0
-    while start < len(order):
-        end = start
-        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
-            end += 1
-        for k in range(start, end + 1):
-            ranks[order[k]] = (start + end) / 2 + 1
-        start = end + 1
-    return ranks
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    r"""Spearman's rank correlation :math:`\rho` of ``x`` and ``y`` (the Pearson correlation of
-    their ranks, ties averaged); NaN for fewer than three pairs or a constant side. Any
-    monotone transform of ``y`` (e.g. its log) leaves it unchanged."""
-    if len(x) != len(y):
-        raise ValueError("x and y differ in length")
-    if len(x) < 3:
-        return math.nan
-    rx, ry = _ranks(list(x)), _ranks(list(y))
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan
-
-
-def sign_test(values: list[float]) -> tuple[int, int, float]:
-    """``(negative, positive, p)``: how many finite nonzero ``values`` fall on each side of 0 and
-    the exact two-sided binomial p-value of that split under a fair coin (1 with none)."""
-    negative = sum(1 for v in values if math.isfinite(v) and v < 0)
-    positive = sum(1 for v in values if math.isfinite(v) and v > 0)
-    n, k = negative + positive, min(negative, positive)
-    if n == 0:
-        return 0, 0, 1.0
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return negative, positive, min(1.0, 2 * tail)
-
-
-def run_trends(records: list[dict[str, Any]]) -> dict[str, float]:
-    """Per measure of :data:`TREND_MEASURES`, the Spearman :math:`\\rho` of its values against the
-    epoch over one run's records: negative when it falls over training."""
-    epochs = [float(entry["epoch"]) for entry in records]
-    return {name: spearman(epochs, [measure(e, name) for e in records]) for name in TREND_MEASURES}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -379,12 +380,24 @@ PREMISE_RULE = (
 )
 
 
+def run_trends(records: list[dict[str, Any]]) -> dict[str, float]:
+    r"""Per measure of :data:`~geoptim.analysis.curvature.TREND_MEASURES`, the Spearman
+    :math:`\rho` of its values against the epoch over one run's curvature records: negative when
+    it falls over training."""
+    from geoptim.analysis.curvature import TREND_MEASURES, measure
+
+    epochs = [float(entry["epoch"]) for entry in records]
+    return {
+        name: stats.spearman(epochs, [measure(e, name) for e in records]) for name in TREND_MEASURES
+    }
+
+
 def premise_sentence(task: str, runs: list[tuple[str, int, list[dict]]]) -> str:
     """The premise's answer on one task, from its runs ``(optimizer, seed, records)``."""
-    from geoptim.analysis.curvature import TREND_MEASURES, run_trends, sign_test
+    from geoptim.analysis.curvature import TREND_MEASURES
 
     trends = [(optimizer, run_trends(records)) for optimizer, _, records in runs]
-    tests = {name: sign_test([t[name] for _, t in trends]) for name in TREND_MEASURES}
+    tests = {name: stats.sign_test([t[name] for _, t in trends]) for name in TREND_MEASURES}
     falls, rises, p = tests["anisotropy"]
     verdict = "shows no consistent trend over training"
     if p < 0.05:

@@ -252,3 +252,24 @@ def km_median(times: Sequence[float], events: Sequence[bool]) -> float:
         if survival <= 0.5:
             return float(time)
     return math.inf
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    r"""Spearman's rank correlation :math:`\rho` of ``x`` and ``y`` (the Pearson correlation of
+    their ranks, ties averaged); NaN for fewer than three pairs or a constant side. Any
+    monotone transform of ``y`` (e.g. its log) leaves it unchanged."""
+    if len(x) != len(y):
+        raise ValueError("x and y differ in length")
+    if len(x) < 3 or len(set(x)) == 1 or len(set(y)) == 1:
+        return math.nan
+    return float(stats.spearmanr(x, y).statistic)
+
+
+def sign_test(values: Sequence[float]) -> tuple[int, int, float]:
+    """``(negative, positive, p)``: how many finite nonzero ``values`` fall on each side of 0 and
+    the exact two-sided binomial p-value of that split under a fair coin (1 with none)."""
+    negative = sum(1 for v in values if math.isfinite(v) and v < 0)
+    positive = sum(1 for v in values if math.isfinite(v) and v > 0)
+    if negative + positive == 0:
+        return 0, 0, 1.0
+    return negative, positive, float(stats.binomtest(negative, negative + positive).pvalue)
